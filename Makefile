@@ -1,0 +1,35 @@
+# Two commands do everything: `make repro` (set-up + the pipeline) and `make test` (set-up + tests).
+# The venv is (re)built only when pyproject.toml or the lock file changed.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: repro test ui lock clean-venv
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q -c requirements.lock -e '.[dev]'
+	$(VENV)/bin/python -c "import mnist_pipeline, pytorch_lightning, mlflow, hydra, dvc"
+	touch $@
+
+repro: $(STAMP)
+	dvc repro
+
+test: $(STAMP)
+	python -m pytest
+
+ui: $(STAMP)
+	@python -m mnist_pipeline.tracking ui
+
+# Re-resolve the whole dependency set into requirements.lock (run after editing pyproject.toml).
+lock:
+	rm -rf /tmp/mnist-pipeline-lock && $(PYTHON) -m venv /tmp/mnist-pipeline-lock
+	/tmp/mnist-pipeline-lock/bin/python -m pip install -q '.[dev]'
+	/tmp/mnist-pipeline-lock/bin/python -m pip freeze --exclude-editable --exclude mnist-pipeline \
+	  | sed -E 's/^(torch==[^+]+)\+.*/\1/' > requirements.lock
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""The TensorFlow.js MNIST tutorial as a reproducible DVC + Hydra + Lightning + MLflow pipeline."""

@@ -1,0 +1,185 @@
+"""MNIST splits as whole in-memory uint8 tensors, with sampling that does not depend on scale.
+
+The global batch of training step k is a pure function of (seed, k): epoch e = k // steps_per_epoch
+draws its permutation from (seed, e), and step k takes the next `batch_size` indices of it. Under
+DDP each of the N processes takes its 1/N slice of that same global batch, so step k sees the same
+images whatever N is, and a run resumed at step k continues with exactly the batches it would have
+seen. Lightning's distributed sampler must be off (`use_distributed_sampler=False`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from mnist_pipeline.config import ConfigError
+
+SPLITS = ("train", "val", "test")
+
+
+def split_files(processed_dir: str | Path) -> dict[str, Path]:
+    return {name: Path(processed_dir) / f"{name}.npz" for name in SPLITS}
+
+
+def check_processed(processed_dir: str | Path) -> None:
+    missing = [str(p) for p in split_files(processed_dir).values() if not p.is_file()]
+    if missing:
+        raise ConfigError(f"missing {', '.join(missing)}: run `dvc repro split` first")
+
+
+def processed_sha256(processed_dir: str | Path) -> str:
+    """One digest naming the exact data a run saw: sha256 over the split files' own sha256s."""
+    outer = hashlib.sha256()
+    for name, path in split_files(processed_dir).items():
+        inner = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                inner.update(chunk)
+        outer.update(f"{name}:{inner.hexdigest()}\n".encode())
+    return outer.hexdigest()
+
+
+def _as_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 28, 28) -> float (N, 1, 28, 28) in [0, 1], as the tutorial scales pixels."""
+    return images.unsqueeze(1).float().div_(255.0)
+
+
+class TrainBatches:
+    """Training batches of this process for the steps from the trainer's current global step on."""
+
+    def __init__(self, images, labels, batch_size: int, seed: int, rank: int, world_size: int, start_step):
+        self.images, self.labels = images, labels
+        self.batch_size, self.seed = batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.start_step = start_step
+        self.steps_per_epoch = len(labels) // batch_size
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"data.batch_size={batch_size} is larger than the training split ({len(labels)} images)"
+            )
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def global_batch(self, step: int) -> torch.Tensor:
+        """Indices of the whole global batch of (0-based) step `step`."""
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        perm = self._permutation(epoch)
+        return perm[pos * self.batch_size : (pos + 1) * self.batch_size]
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if getattr(self, "_perm_epoch", None) != epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(len(self.labels), generator=gen)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def __iter__(self):
+        start = self.start_step()
+        epoch, pos = divmod(start, self.steps_per_epoch)
+        per_rank = self.batch_size // self.world_size
+        for step in range(epoch * self.steps_per_epoch + pos, (epoch + 1) * self.steps_per_epoch):
+            idx = self.global_batch(step)[self.rank * per_rank : (self.rank + 1) * per_rank]
+            yield _as_input(self.images[idx]), self.labels[idx]
+
+
+class EvalBatches:
+    """This process's share (every N-th image) of an evaluation set, in fixed-size batches."""
+
+    def __init__(self, images, labels, batch_size: int, rank: int, world_size: int):
+        self.images = images[rank::world_size]
+        self.labels = labels[rank::world_size]
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    def __iter__(self):
+        for i in range(0, len(self.labels), self.batch_size):
+            yield _as_input(self.images[i : i + self.batch_size]), self.labels[i : i + self.batch_size]
+
+
+class MNISTDataModule(pl.LightningDataModule):
+    """Train on `train`, validate periodically on a fixed subset of `val`; at the end evaluate the
+    whole `val` split (`val_full/*`) and the `test` split (`test/*`)."""
+
+    def __init__(
+        self,
+        processed_dir: str,
+        batch_size: int = 64,
+        val_subset_size: int = 1000,
+        eval_batch_size: int = 1000,
+        seed: int = 0,
+        fetch: dict | None = None,  # the fetch and split stages' settings, which live in the same
+        split: dict | None = None,  # config group (data.fetch.*, data.split.*); unused here
+    ) -> None:
+        super().__init__()
+        self.processed_dir = Path(processed_dir)
+        self.batch_size = batch_size
+        self.val_subset_size = val_subset_size
+        self.eval_batch_size = eval_batch_size
+        self.seed = seed
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._restored_step = 0
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        check_processed(self.processed_dir)
+        for name, path in split_files(self.processed_dir).items():
+            with np.load(path) as npz:
+                self.splits[name] = (torch.from_numpy(npz["images"]), torch.from_numpy(npz["labels"]).long())
+        n_val = len(self.splits["val"][1])
+        if not 0 < self.val_subset_size <= n_val:
+            raise ConfigError(f"data.val_subset_size must be between 1 and {n_val}, got {self.val_subset_size}")
+
+    # -- process layout -------------------------------------------------------------------------
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self._trainer_or_none()
+        return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+
+    def _trainer_or_none(self):
+        return getattr(self, "trainer", None)
+
+    def _global_step(self) -> int:
+        trainer = self._trainer_or_none()
+        return trainer.global_step if trainer is not None else self._restored_step
+
+    # -- loaders ----------------------------------------------------------------------------------
+    def train_dataloader(self) -> TrainBatches:
+        rank, world = self._rank_world()
+        if self.batch_size % world:
+            raise ConfigError(f"data.batch_size={self.batch_size} does not divide across {world} processes")
+        images, labels = self.splits["train"]
+        return TrainBatches(images, labels, self.batch_size, self.seed, rank, world, self._global_step)
+
+    def val_subset(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fixed, seeded `val_subset_size` images of every periodic validation."""
+        images, labels = self.splits["val"]
+        gen = torch.Generator().manual_seed(self.seed)
+        idx = torch.randperm(len(labels), generator=gen)[: self.val_subset_size].sort().values
+        return images[idx], labels[idx]
+
+    def val_dataloader(self) -> EvalBatches:
+        return EvalBatches(*self.val_subset(), self.eval_batch_size, *self._rank_world())
+
+    def test_dataloader(self) -> list[EvalBatches]:
+        """Two sets, in this order: the whole val split, then the test split."""
+        rank, world = self._rank_world()
+        return [EvalBatches(*self.splits[name], self.eval_batch_size, rank, world) for name in ("val", "test")]
+
+    # -- checkpointed state -----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "batch_size": self.batch_size, "step": self._global_step()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state.get("seed"), state.get("batch_size")) != (self.seed, self.batch_size):
+            raise ConfigError(
+                f"the checkpoint was trained with seed={state.get('seed')} data.batch_size="
+                f"{state.get('batch_size')}: resume with the same settings"
+            )
+        self._restored_step = int(state["step"])

@@ -1,0 +1,78 @@
+"""The LightningModule: cross-entropy loss, torchmetrics accuracy, the optimizer from the config.
+
+Every logged value carries an explicit `step`: optimizer steps completed, so the first training
+batch is step 1 and the validation after the 5th batch is step 5 (Lightning's own axis is 0-based
+for training). Values are reduced across processes, so they mean the same whatever the scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+# test_dataloader order (see MNISTDataModule.test_dataloader) -> metric prefix
+EVAL_SETS = ("val_full", "test")
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, step: int, loss: float) -> None:
+        super().__init__(f"training diverged at step {step} (loss {loss}): lower optimizer.lr")
+        self.step = step
+
+
+class MNISTClassifier(pl.LightningModule):
+    def __init__(self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer]) -> None:
+        super().__init__()
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.train_acc = MulticlassAccuracy(num_classes=10, average="micro")
+        self.val_loss, self.val_acc = MeanMetric(), MulticlassAccuracy(num_classes=10, average="micro")
+        self.eval_loss = nn.ModuleList(MeanMetric() for _ in EVAL_SETS)
+        self.eval_acc = nn.ModuleList(MulticlassAccuracy(num_classes=10, average="micro") for _ in EVAL_SETS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(params=self.parameters())
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        step = self.global_step + 1
+        if not torch.isfinite(loss):
+            raise DivergedError(step, loss.item())
+        # Equal slices of the global batch on every process: the mean of the means is the global mean.
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)
+        self.log("train/acc", self.train_acc(logits, y), on_step=True, on_epoch=False, sync_dist=True)
+        self.log("step", float(step), on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_loss.update(F.cross_entropy(logits, y, reduction="none"))
+        self.val_acc.update(logits, y)
+        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True)
+        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("step", float(self.global_step), on_step=False, on_epoch=True)
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        x, y = batch
+        logits = self(x)
+        name = EVAL_SETS[dataloader_idx]
+        self.eval_loss[dataloader_idx].update(F.cross_entropy(logits, y, reduction="none"))
+        self.eval_acc[dataloader_idx].update(logits, y)
+        self.log(f"{name}/loss", self.eval_loss[dataloader_idx], on_epoch=True, add_dataloader_idx=False)
+        self.log(f"{name}/acc", self.eval_acc[dataloader_idx], on_epoch=True, add_dataloader_idx=False)
+        if dataloader_idx == 0:  # one `step` for the whole end-of-run evaluation
+            self.log("step", float(self.global_step), on_epoch=True, add_dataloader_idx=False)

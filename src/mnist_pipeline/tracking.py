@@ -1,0 +1,247 @@
+"""Where MLflow lives, and what every run records besides its metrics.
+
+The store is `logger.tracking_uri` if given, else $MLFLOW_TRACKING_URI, else the project's embedded
+store: `sqlite:///<abs project>/mlruns/mlflow.db` with artifacts in `<abs project>/mlruns/artifacts`
+(absolute, so DVC experiments run in a temporary copy of the repo still land in it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+from mnist_pipeline.config import project_root
+
+# Run-control keys: how a run is started, not what it is. MLflow refuses a param whose value
+# changes within a run, so these are never logged.
+RUN_CONTROL_KEYS = ("ckpt_path", "resume")
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlruns' / 'mlflow.db'}"
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """The experiment's id, creating the store and experiment once, under a lock: several processes
+    creating a fresh SQLite store at once can break its schema migration."""
+    from filelock import FileLock
+    from mlflow.tracking import MlflowClient
+
+    lock_path = artifact_location = None
+    if uri.startswith("sqlite:///"):  # an embedded store: artifacts beside the database, absolute
+        db = Path(uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = f"{db}.lock"
+        artifact_location = (db.parent / "artifacts").as_uri()
+    with FileLock(lock_path) if lock_path else contextlib.nullcontext():
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def git_state(root: Path) -> dict[str, str]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout
+
+    try:
+        commit = git("rev-parse", "--verify", "HEAD").strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": "unknown"}
+    return {"git_commit": commit, "git_dirty": str(dirty).lower()}
+
+
+def process_tags() -> dict[str, str]:
+    """Host, PID and process start time: enough to tell later whether a RUNNING run's process is gone."""
+    import psutil
+
+    return {
+        "host": socket.gethostname(),
+        "pid": str(os.getpid()),
+        "pid_start_time": f"{psutil.Process().create_time():.2f}",
+    }
+
+
+class BufferedMLFlowLogger(MLFlowLogger):
+    """Lightning's MLFlowLogger, but per-step metrics are kept and sent in one `log_batch` every
+    `flush_every_n_steps` steps and at every checkpoint (one SQLite transaction costs ~5 ms: one per
+    step would cost more than the step). It leaves the run's final status to the caller, which
+    knows why the run ended."""
+
+    def __init__(self, *, flush_every_n_steps: int = 50, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.flush_every_n_steps = flush_every_n_steps
+        self._pending: list = []
+        self._last_flush_step = 0
+
+    @rank_zero_only
+    def log_metrics(self, metrics, step=None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        for key, value in metrics.items():
+            if key == "epoch":
+                continue
+            self._pending.append(Metric(key=key, value=float(value), timestamp=now, step=step or 0))
+        if step is not None and step - self._last_flush_step >= self.flush_every_n_steps:
+            self.flush()
+            self._last_flush_step = step
+
+    @rank_zero_only
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for i in range(0, len(pending), 1000):  # MLflow's limit per batch
+            self.experiment.log_batch(self.run_id, metrics=pending[i : i + 1000])
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        self.flush()
+
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        self.flush()
+
+
+def flat_params(cfg, extra: dict | None = None) -> dict[str, str]:
+    """The composed config as `a.b.c` keys (run-control keys left out), plus `extra`."""
+    from omegaconf import OmegaConf
+
+    def walk(node, prefix: str):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "_target_" and prefix:
+                    yield prefix.rstrip("."), value
+                elif not (key.startswith("_") and key.endswith("_")):
+                    yield from walk(value, f"{prefix}{key}.")
+        else:
+            yield prefix.rstrip("."), node
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for key in RUN_CONTROL_KEYS:
+        plain.pop(key, None)
+    params = {k: ("null" if v is None else str(v)) for k, v in walk(plain, "")}
+    params.update({k: str(v) for k, v in (extra or {}).items()})
+    return params
+
+
+def run_name(cfg) -> str:
+    """Readable and unique: `tfjs_cnn lr=0.15 bs=64 3f9a` (random suffix: not tied to the seed)."""
+    import secrets
+
+    model = cfg.model.get("_target_", "model").rsplit(".", 1)[-1]
+    model = {"TfjsCNN": "tfjs_cnn"}.get(model, model)
+    return f"{model} lr={cfg.optimizer.lr:g} bs={cfg.data.batch_size} {secrets.token_hex(2)}"
+
+
+def start_run(cfg, *, processed_dir: Path, overrides: list[str], extra_params: dict | None = None):
+    """Create the run with its tags and params; returns (run_id, a Lightning logger attached to it)."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    from mnist_pipeline.datamodule import processed_sha256
+
+    import mlflow
+
+    uri = tracking_uri(cfg.logger.tracking_uri)
+    mlflow.set_tracking_uri(uri)  # the rest of this process's MLflow calls go to the same store
+    experiment_id = ensure_experiment(uri, cfg.logger.experiment_name)
+    tags = {
+        **git_state(project_root()),
+        **process_tags(),
+        "hydra_overrides": " ".join(overrides),
+        "data_sha256": processed_sha256(processed_dir),
+    }
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp"] = os.environ["DVC_EXP_NAME"]
+    client = MlflowClient(uri)
+    run = client.create_run(experiment_id, run_name=run_name(cfg), tags=tags)
+    run_id = run.info.run_id
+    params = [Param(k, v[:6000]) for k, v in flat_params(cfg, extra_params).items()]
+    for i in range(0, len(params), 100):  # MLflow's limit per batch
+        client.log_batch(run_id, params=params[i : i + 100])
+    logger = BufferedMLFlowLogger(tracking_uri=uri, run_id=run_id, flush_every_n_steps=cfg.logger.flush_every_n_steps)
+    return run_id, logger
+
+
+def set_tag(run_id: str, key: str, value: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient().set_tag(run_id, key, value)
+
+
+def end_run(run_id: str, status: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient().set_terminated(run_id, status)
+
+
+def log_outcome(run_id: str, cfg, net, files: list[Path], checkpoint) -> None:
+    """Artifacts of a finished run: the config, reports and plots, checkpoints, and the model."""
+    import tempfile
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    from omegaconf import OmegaConf
+
+    client = MlflowClient()
+    with tempfile.TemporaryDirectory() as tmp:
+        config_yaml = Path(tmp) / "config.yaml"
+        config_yaml.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        client.log_artifact(run_id, str(config_yaml))
+    for path in files:
+        client.log_artifact(run_id, str(path), "reports/plots" if path.parent.name == "plots" else "reports")
+    for path in {checkpoint.last_model_path, checkpoint.best_model_path} - {""}:
+        client.log_artifact(run_id, path, "checkpoints")
+    with mlflow.start_run(run_id=run_id, log_system_metrics=False):
+        log_model(net)
+        # leaving the block ends the run FINISHED; the caller sets the final status right after
+
+
+def log_model(net) -> None:
+    """The net with softmax on top: float pixels in [0, 1], shape (N, 1, 28, 28) -> 10 probabilities.
+    Pickled (no slow torch.export) with its requirements given (no inference subprocess)."""
+    import copy
+
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    served = torch.nn.Sequential(copy.deepcopy(net).cpu(), torch.nn.Softmax(dim=1)).eval()
+    example = np.zeros((2, 1, 28, 28), dtype=np.float32)
+    with torch.no_grad():
+        probs = served(torch.from_numpy(example)).numpy()
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # its pickle warning: we chose pickle
+    mlflow.pytorch.log_model(
+        served,
+        name="model",
+        serialization_format="pickle",
+        signature=infer_signature(example, probs),
+        input_example=example,
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+    )
+
+
+def ui(port: int = 5000) -> None:
+    """`make ui`: the MLflow UI over the project's store, bound to 127.0.0.1 only."""
+    uri = tracking_uri()
+    ensure_experiment(uri, "mnist")
+    print(f"MLflow UI for {uri}: http://127.0.0.1:{port}/#/experiments  (Ctrl-C stops it)", flush=True)
+    os.execvp("mlflow", ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)])
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] != ["ui"]:
+        sys.exit("usage: python -m mnist_pipeline.tracking ui [PORT]")
+    ui(int(sys.argv[2]) if len(sys.argv) > 2 else 5000)

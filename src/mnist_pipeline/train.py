@@ -1,0 +1,196 @@
+"""Train the tutorial's CNN: `python -m mnist_pipeline.train [key=value ...]` (Hydra overrides).
+
+The story, top to bottom: check the config and the data (a bad setting stops here, before any
+MLflow run exists), build data, model and trainer from the config, open the MLflow run, fit with a
+validation every `trainer.val_check_interval` steps, evaluate the whole val split and the test split
+with the best checkpoint, then write reports and log artifacts and the model. The run ends FINISHED,
+FAILED (an exception, or a diverged loss: tag `diverged_at_step`) or KILLED (SIGINT/SIGTERM).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_pipeline.config import ConfigError, conf_dir, project_root, resolve_path
+
+SELECTION_METRIC = "val_full/acc"
+
+
+class RunKilled(BaseException):
+    """SIGINT or SIGTERM. A BaseException, so no `except Exception` swallows it; not a
+    KeyboardInterrupt, which Lightning turns into a plain `sys.exit(1)`."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"killed by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def _raise_killed(signum, _frame) -> None:
+    raise RunKilled(signum)
+
+
+def _positive(cfg: DictConfig, key: str, kind: type = int) -> None:
+    value = OmegaConf.select(cfg, key)
+    ok_type = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_type) or not math.isfinite(value) or value <= 0:
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{key} must be {what} > 0, got {value!r}: e.g. {key}={'64' if kind is int else '0.15'}")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Every setting a typo can break, checked before any work is done."""
+    _positive(cfg, "optimizer.lr", float)
+    for key in ("data.batch_size", "data.val_subset_size", "data.eval_batch_size", "trainer.max_steps",
+                "trainer.val_check_interval"):
+        _positive(cfg, key)
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise ConfigError(f"seed must be a whole number, got {cfg.seed!r}")
+    devices, nodes = cfg.trainer.devices, cfg.trainer.num_nodes
+    if isinstance(devices, int) and isinstance(nodes, int) and cfg.data.batch_size % (devices * nodes):
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} does not split evenly across {devices * nodes} "
+            "processes: make it a multiple of trainer.devices * trainer.num_nodes"
+        )
+    if cfg.ckpt_path is not None and not resolve_path(cfg.ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """`paths.output_dir` if set, else the Hydra job's folder, else a fresh folder under outputs/."""
+    if cfg.paths.get("output_dir"):
+        return resolve_path(cfg.paths.output_dir)
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    import time
+
+    return project_root() / "outputs" / time.strftime("%Y-%m-%d/%H-%M-%S") / f"run-{os.getpid()}"
+
+
+def hydra_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def load_weights(model, ckpt_path: Path) -> None:
+    """Start from a checkpoint's weights. Checkpoints are data, never code: weights_only=True."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["state_dict"])
+    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"ckpt_path={ckpt_path}: not a usable checkpoint ({first})") from e
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train, evaluate and record one run; returns the end-of-run metrics (val_full/*, test/*)."""
+    check_config(cfg)
+    from mnist_pipeline.datamodule import check_processed
+
+    processed_dir = resolve_path(cfg.data.processed_dir)
+    check_processed(processed_dir)
+
+    import pytorch_lightning as pl
+    import torch
+    from hydra.utils import instantiate
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from mnist_pipeline import reports, tracking
+    from mnist_pipeline.module import DivergedError, MNISTClassifier
+    from mnist_pipeline.progress import StepProgressBar
+
+    # One process per device; each takes its share of this machine's cores.
+    world_size = int(cfg.trainer.devices) * int(cfg.trainer.num_nodes) if str(cfg.trainer.devices).isdigit() else 1
+    threads = cfg.get("threads") or max(1, len(os.sched_getaffinity(0)) // world_size)
+    torch.set_num_threads(threads)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = instantiate(cfg.data, processed_dir=str(processed_dir), seed=cfg.seed)
+    model = MNISTClassifier(net=instantiate(cfg.model), optimizer=instantiate(cfg.optimizer))
+    if cfg.ckpt_path is not None:
+        load_weights(model, resolve_path(cfg.ckpt_path))
+
+    out_dir = output_dir(cfg)
+    reports_dir = resolve_path(cfg.paths.reports_dir) if cfg.paths.reports_dir else out_dir
+    history = reports.HistoryLogger()
+    loggers: list = [history]
+    run_id = None
+    is_rank_zero = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0
+    if cfg.logger.enabled and is_rank_zero:
+        run_id, mlflow_logger = tracking.start_run(cfg, processed_dir=processed_dir, overrides=hydra_overrides(),
+                                                   extra_params={"world_size": world_size, "threads": threads})
+        loggers.append(mlflow_logger)
+
+    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/acc", mode="max",
+                                 save_last=True, save_top_k=1, auto_insert_metric_name=False)
+    trainer = instantiate(
+        cfg.trainer,
+        logger=loggers,
+        callbacks=[checkpoint, StepProgressBar()],
+        use_distributed_sampler=False,   # the datamodule slices each global batch itself
+        check_val_every_n_epoch=None,    # validate every val_check_interval steps, across epochs
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        default_root_dir=str(out_dir),
+    )
+
+    previous_handlers = {s: signal.signal(s, _raise_killed) for s in (signal.SIGINT, signal.SIGTERM)}
+    status = "FAILED"
+    try:
+        trainer.fit(model, datamodule=datamodule)
+        if trainer.interrupted:
+            raise RunKilled(signal.SIGTERM)
+        trainer.test(model, datamodule=datamodule, ckpt_path="best" if checkpoint.best_model_path else None,
+                     verbose=False, weights_only=True)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.split("/")[0] in ("val_full", "test")}
+        if trainer.is_global_zero:
+            files = reports.write_reports(reports_dir, metrics, history.history)
+            if run_id:
+                tracking.log_outcome(run_id, cfg, model.net, files, checkpoint)
+        status = "FINISHED"
+        return metrics
+    except RunKilled:
+        status = "KILLED"
+        raise
+    except DivergedError as e:
+        if run_id:
+            tracking.set_tag(run_id, "diverged_at_step", str(e.step))
+        raise
+    finally:
+        for s, handler in previous_handlers.items():
+            signal.signal(s, handler)
+        if run_id:
+            tracking.end_run(run_id, status)
+
+
+@hydra.main(config_path=conf_dir(), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    from mnist_pipeline.module import DivergedError
+
+    try:
+        return train(cfg)[SELECTION_METRIC]
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    except DivergedError as e:
+        sys.exit(f"error: {e}")
+    except RunKilled as e:
+        print(f"\n{e}: run marked KILLED", file=sys.stderr)
+        sys.exit(128 + e.signum)
+
+
+if __name__ == "__main__":
+    main()

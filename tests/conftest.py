@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny synthetic splits, configs composed as a user would, one trained run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from synthetic import write_processed
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_offline_env():
+    # No run in the tests may reach the user's own MLflow store or the network's telemetry.
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ["DVC_NO_ANALYTICS"] = "1"
+    yield
+
+
+@pytest.fixture(scope="session")
+def processed(tmp_path_factory) -> Path:
+    """640 train / 200 val / 200 test synthetic images: 10 steps of 64 per epoch."""
+    return write_processed(tmp_path_factory.mktemp("processed"))
+
+
+def tiny_overrides(processed: Path, store: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        f"paths.processed_dir={processed}",
+        f"logger.tracking_uri=sqlite:///{store}/mlflow.db",
+        f"paths.output_dir={out}",
+        "data.val_subset_size=100",
+        "data.eval_batch_size=100",
+        "trainer.max_steps=23",
+        *extra,
+    ]
+
+
+def compose(*overrides: str):
+    from mnist_pipeline.config import compose as compose_config
+
+    return compose_config(list(overrides))
+
+
+def run_cli(module: str, *args: str, timeout: float = 120, env: dict | None = None, cwd: Path = ROOT):
+    """`python -m <module> args...` as a user runs it; returns the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+class TinyRun:
+    """One short training run through `train(cfg)`, shared by every test that only reads it."""
+
+    def __init__(self, tmp: Path, processed: Path) -> None:
+        from mnist_pipeline.train import train
+
+        self.store, self.out, self.reports = tmp / "mlruns", tmp / "out", tmp / "reports"
+        self.uri = f"sqlite:///{self.store}/mlflow.db"
+        self.cfg = compose(*tiny_overrides(processed, self.store, self.out, f"paths.reports_dir={self.reports}"))
+        self.metrics = train(self.cfg)
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(self.uri)
+        experiment = self.client.get_experiment_by_name("mnist")
+        (self.run,) = self.client.search_runs([experiment.experiment_id])
+        self.run_id = self.run.info.run_id
+
+    def steps(self, key: str) -> list[int]:
+        return [m.step for m in sorted(self.client.get_metric_history(self.run_id, key), key=lambda m: m.step)]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, processed) -> TinyRun:
+    return TinyRun(tmp_path_factory.mktemp("tiny_run"), processed)

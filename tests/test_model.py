@@ -1,0 +1,45 @@
+"""The default config is the tutorial exactly, and the CNN is the tutorial's."""
+
+import math
+
+import torch
+
+from conftest import compose
+from mnist_pipeline.cnn import TfjsCNN
+
+
+def test_default_config_is_the_tutorial():
+    cfg = compose()
+    assert cfg.model._target_ == "mnist_pipeline.cnn.TfjsCNN"
+    assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.lr == 0.15
+    assert cfg.data.batch_size == 64 and cfg.data.val_subset_size == 1000
+    assert cfg.trainer.max_steps == 100 and cfg.trainer.val_check_interval == 5
+    assert cfg.trainer.accelerator == "cpu" and cfg.seed == 0
+    assert cfg.data.split.val_size == 5000 and cfg.data.split.seed == 0
+    assert cfg.logger.enabled and cfg.logger.experiment_name == "mnist"
+
+
+def test_full_preset_trains_for_at_most_ten_epochs():
+    cfg = compose("experiment=full")
+    steps_per_epoch = 55_000 // cfg.data.batch_size
+    assert steps_per_epoch < cfg.trainer.max_steps <= 10 * steps_per_epoch
+
+
+def test_cnn_layers_shapes_and_parameter_count():
+    net = TfjsCNN()
+    assert [tuple(p.shape) for p in net.parameters()] == [(8, 1, 5, 5), (8,), (16, 8, 5, 5), (16,), (10, 256), (10,)]
+    per_layer = [sum(p.numel() for p in m.parameters()) for m in (net.conv1, net.conv2, net.dense)]
+    assert per_layer == [208, 3216, 2570] and sum(per_layer) == 5994
+    assert net(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_variance_scaling_init_matches_tfjs():
+    torch.manual_seed(0)
+    net = TfjsCNN()
+    for layer, fan_in in ((net.conv1, 25), (net.conv2, 200), (net.dense, 256)):
+        std = math.sqrt(1 / fan_in)
+        w = layer.weight.detach()
+        assert w.abs().max() <= 2 * std + 1e-6, "truncated at two standard deviations"
+        tolerance = 0.15 if w.numel() < 1000 else 0.05
+        assert abs(w.std().item() / std - 0.88) < tolerance
+        assert torch.all(layer.bias == 0)
