@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from data_fixtures import real_mnist_raw  # noqa: F401  (a session fixture other tests use)
 from synthetic import write_processed
 
 ROOT = Path(__file__).resolve().parents[1]

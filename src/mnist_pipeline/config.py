@@ -52,22 +52,34 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
 def stage_main(run, argv: list[str] | None = None) -> None:
     """Run a stage's `run(cfg)` on the config composed from command-line overrides.
 
-    A bad override or a `ConfigError` ends the process with one line on stderr and exit code 2.
+    A bad override or a `ConfigError` ends the process with one `error:` line on stderr and exit
+    code 2; SIGTERM (DVC, schedulers, `kill`) unwinds like Ctrl-C, so temp files are cleaned up,
+    and ends it with exit code 130.
     """
     import logging
+    import signal
 
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     argv = sys.argv[1:] if argv is None else argv
+    module = sys.modules[run.__module__]
     if any(a in ("-h", "--help") for a in argv):
-        print(f"usage: python -m {run.__module__} [key=value ...]   (Hydra overrides of conf/)")
-        print((sys.modules[run.__module__].__doc__ or "").strip())
+        name = module.__spec__.name if module.__spec__ else run.__module__
+        print(f"usage: python -m {name} [key=value ...]   (Hydra overrides of conf/)")
+        print((module.__doc__ or "").strip())
         return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     try:
-        cfg = compose(argv)
-        run(cfg)
+        run(compose(argv))
     except (ConfigError, HydraException, OmegaConfBaseException) as e:
-        msg = " ".join(str(e).split())
-        sys.exit(f"error: {msg}")
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted; no partial file was left in place", file=sys.stderr)
+        sys.exit(130)

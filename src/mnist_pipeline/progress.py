@@ -26,6 +26,10 @@ class StepProgressBar(TQDMProgressBar):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
 
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if self._train_progress_bar is not None:
+            self.train_progress_bar.close()
+
     def init_validation_tqdm(self) -> Tqdm:
         return Tqdm(disable=True)  # one 1000-image batch every few steps: its bar would only flicker
 

@@ -184,7 +184,7 @@ def end_run(run_id: str, status: str) -> None:
     MlflowClient().set_terminated(run_id, status)
 
 
-def log_outcome(run_id: str, cfg, net, files: list[Path], checkpoint) -> None:
+def log_outcome(run_id: str, cfg, net, files: list[Path], checkpoints: list[str]) -> None:
     """Artifacts of a finished run: the config, reports and plots, checkpoints, and the model."""
     import tempfile
 
@@ -199,8 +199,9 @@ def log_outcome(run_id: str, cfg, net, files: list[Path], checkpoint) -> None:
         client.log_artifact(run_id, str(config_yaml))
     for path in files:
         client.log_artifact(run_id, str(path), "reports/plots" if path.parent.name == "plots" else "reports")
-    for path in {checkpoint.last_model_path, checkpoint.best_model_path} - {""}:
-        client.log_artifact(run_id, path, "checkpoints")
+    for path in checkpoints:
+        if path:
+            client.log_artifact(run_id, path, "checkpoints")
     with mlflow.start_run(run_id=run_id, log_system_metrics=False):
         log_model(net)
         # leaving the block ends the run FINISHED; the caller sets the final status right after

@@ -109,6 +109,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from mnist_pipeline import reports, tracking
+    from mnist_pipeline.checkpoints import AtomicCheckpointIO
     from mnist_pipeline.module import DivergedError, MNISTClassifier
     from mnist_pipeline.progress import StepProgressBar
 
@@ -134,12 +135,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                                    extra_params={"world_size": world_size, "threads": threads})
         loggers.append(mlflow_logger)
 
-    checkpoint = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/acc", mode="max",
-                                 save_last=True, save_top_k=1, auto_insert_metric_name=False)
+    # `best` by val/acc, and `last` at every periodic validation (Lightning's save_last only saves
+    # alongside a new best).
+    best = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/acc", mode="max")
+    last = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last", monitor=None, save_top_k=1)
     trainer = instantiate(
         cfg.trainer,
         logger=loggers,
-        callbacks=[checkpoint, StepProgressBar()],
+        callbacks=[best, last, StepProgressBar()],
+        plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,   # the datamodule slices each global batch itself
         check_val_every_n_epoch=None,    # validate every val_check_interval steps, across epochs
         log_every_n_steps=1,
@@ -154,13 +158,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(model, datamodule=datamodule)
         if trainer.interrupted:
             raise RunKilled(signal.SIGTERM)
-        trainer.test(model, datamodule=datamodule, ckpt_path="best" if checkpoint.best_model_path else None,
+        trainer.test(model, datamodule=datamodule, ckpt_path=best.best_model_path or None,
                      verbose=False, weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.split("/")[0] in ("val_full", "test")}
         if trainer.is_global_zero:
             files = reports.write_reports(reports_dir, metrics, history.history)
             if run_id:
-                tracking.log_outcome(run_id, cfg, model.net, files, checkpoint)
+                tracking.log_outcome(run_id, cfg, model.net, files, [best.best_model_path, last.best_model_path])
         status = "FINISHED"
         return metrics
     except RunKilled:
