@@ -95,9 +95,21 @@ def load_weights(model, ckpt_path: Path) -> None:
         raise ConfigError(f"ckpt_path={ckpt_path}: not a usable checkpoint ({first})") from e
 
 
+def _quiet_framework_noise() -> None:
+    """Drop Lightning's advertising tip and a deprecation warning from its own internals."""
+    import logging
+    import warnings
+
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+        lambda record: not str(record.msg).startswith("💡 Tip")
+    )
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train, evaluate and record one run; returns the end-of-run metrics (val_full/*, test/*)."""
     check_config(cfg)
+    _quiet_framework_noise()
     from mnist_pipeline.datamodule import check_processed
 
     processed_dir = resolve_path(cfg.data.processed_dir)
