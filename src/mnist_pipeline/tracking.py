@@ -142,17 +142,23 @@ def run_name(cfg) -> str:
     return f"{model} lr={cfg.optimizer.lr:g} bs={cfg.data.batch_size} {secrets.token_hex(2)}"
 
 
-def start_run(cfg, *, processed_dir: Path, overrides: list[str], extra_params: dict | None = None):
-    """Create the run with its tags and params; returns (run_id, a Lightning logger attached to it)."""
+def use_store(explicit: str | None = None) -> str:
+    """Point this process's MLflow calls at the store; returns its URI."""
+    import mlflow
+
+    uri = tracking_uri(explicit)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def start_run(cfg, *, processed_dir: Path, overrides: list[str], extra_params: dict | None = None) -> str:
+    """Create the run with its tags and params; returns its id."""
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
     from mnist_pipeline.datamodule import processed_sha256
 
-    import mlflow
-
-    uri = tracking_uri(cfg.logger.tracking_uri)
-    mlflow.set_tracking_uri(uri)  # the rest of this process's MLflow calls go to the same store
+    uri = use_store(cfg.logger.tracking_uri)
     experiment_id = ensure_experiment(uri, cfg.logger.experiment_name)
     tags = {
         **git_state(project_root()),
@@ -168,8 +174,19 @@ def start_run(cfg, *, processed_dir: Path, overrides: list[str], extra_params: d
     params = [Param(k, v[:6000]) for k, v in flat_params(cfg, extra_params).items()]
     for i in range(0, len(params), 100):  # MLflow's limit per batch
         client.log_batch(run_id, params=params[i : i + 100])
-    logger = BufferedMLFlowLogger(tracking_uri=uri, run_id=run_id, flush_every_n_steps=cfg.logger.flush_every_n_steps)
-    return run_id, logger
+    return run_id
+
+
+def attach_logger(cfg, run_id: str) -> BufferedMLFlowLogger:
+    """A Lightning logger writing into an existing run."""
+    uri = tracking_uri(cfg.logger.tracking_uri)
+    return BufferedMLFlowLogger(tracking_uri=uri, run_id=run_id, flush_every_n_steps=cfg.logger.flush_every_n_steps)
+
+
+def get_tag(run_id: str, key: str) -> str | None:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient().get_run(run_id).data.tags.get(key)
 
 
 def set_tag(run_id: str, key: str, value: str) -> None:

@@ -9,6 +9,7 @@ FAILED (an exception, or a diverged loss: tag `diverged_at_step`) or KILLED (SIG
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -106,15 +107,75 @@ def _quiet_framework_noise() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
+@contextlib.contextmanager
+def mlflow_run(cfg: DictConfig, processed_dir: Path, extra_params: dict):
+    """The run this process records into, or None (tracking off, or not global rank 0).
+
+    A run this process created is ended here: FINISHED, FAILED (an exception; a diverged loss also
+    gets the tag `diverged_at_step`) or KILLED (SIGINT/SIGTERM). A run created by a DDP launcher
+    (`launch.RUN_ID_ENV`) is only written to: the launcher ends it.
+    """
+    from mnist_pipeline import launch, tracking
+    from mnist_pipeline.module import DivergedError
+
+    if not cfg.logger.enabled or launch.global_rank() != 0:
+        yield None
+        return
+    tracking.use_store(cfg.logger.tracking_uri)
+    attached = os.environ.get(launch.RUN_ID_ENV)
+    run_id = attached or tracking.start_run(cfg, processed_dir=processed_dir, overrides=hydra_overrides(),
+                                            extra_params=extra_params)
+    status = "FAILED"
+    try:
+        yield run_id
+        status = "FINISHED"
+    except RunKilled:
+        status = "KILLED"
+        raise
+    except DivergedError as e:
+        tracking.set_tag(run_id, "diverged_at_step", str(e.step))
+        raise
+    except launch.WorkersFailed:
+        step = tracking.get_tag(run_id, "diverged_at_step")
+        if step is not None:
+            raise DivergedError(int(step), float("nan")) from None
+        raise
+    finally:
+        if not attached:
+            tracking.end_run(run_id, status)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train, evaluate and record one run; returns the end-of-run metrics (val_full/*, test/*)."""
     check_config(cfg)
     _quiet_framework_noise()
+    from mnist_pipeline import launch
     from mnist_pipeline.datamodule import check_processed
 
     processed_dir = resolve_path(cfg.data.processed_dir)
     check_processed(processed_dir)
+    world_size, local_procs = launch.layout(cfg)
+    if world_size > 1 and cfg.trainer.num_nodes > 1 and not launch.under_launcher():
+        raise ConfigError(f"trainer.num_nodes={cfg.trainer.num_nodes} needs one launcher per node: "
+                          "torchrun --nnodes=... or srun (see README, Scaling out)")
+    threads = cfg.get("threads") or max(1, len(os.sched_getaffinity(0)) // local_procs)
+    out_dir = output_dir(cfg)
+    extra_params = {"world_size": world_size, "threads": threads}
 
+    previous_handlers = {s: signal.signal(s, _raise_killed) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with mlflow_run(cfg, processed_dir, extra_params) as run_id:
+            if local_procs > 1 and not launch.under_launcher():
+                return launch.run_workers(cfg, out_dir, local_procs, on_start={launch.RUN_ID_ENV: run_id or ""})
+            return fit_and_evaluate(cfg, processed_dir, out_dir, run_id, threads)
+    finally:
+        for s, handler in previous_handlers.items():
+            signal.signal(s, handler)
+
+
+def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id: str | None,
+                     threads: int) -> dict[str, float]:
+    """This process's part of the run: fit, evaluate the best checkpoint, write reports (rank 0)."""
     import pytorch_lightning as pl
     import torch
     from hydra.utils import instantiate
@@ -122,31 +183,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from mnist_pipeline import reports, tracking
     from mnist_pipeline.checkpoints import AtomicCheckpointIO
-    from mnist_pipeline.module import DivergedError, MNISTClassifier
+    from mnist_pipeline.module import MNISTClassifier
     from mnist_pipeline.progress import StepProgressBar
 
-    # One process per device; each takes its share of this machine's cores.
-    world_size = int(cfg.trainer.devices) * int(cfg.trainer.num_nodes) if str(cfg.trainer.devices).isdigit() else 1
-    threads = cfg.get("threads") or max(1, len(os.sched_getaffinity(0)) // world_size)
     torch.set_num_threads(threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-
     datamodule = instantiate(cfg.data, processed_dir=str(processed_dir), seed=cfg.seed)
     model = MNISTClassifier(net=instantiate(cfg.model), optimizer=instantiate(cfg.optimizer))
     if cfg.ckpt_path is not None:
         load_weights(model, resolve_path(cfg.ckpt_path))
 
-    out_dir = output_dir(cfg)
-    reports_dir = resolve_path(cfg.paths.reports_dir) if cfg.paths.reports_dir else out_dir
     history = reports.HistoryLogger()
     loggers: list = [history]
-    run_id = None
-    is_rank_zero = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0
-    if cfg.logger.enabled and is_rank_zero:
-        run_id, mlflow_logger = tracking.start_run(cfg, processed_dir=processed_dir, overrides=hydra_overrides(),
-                                                   extra_params={"world_size": world_size, "threads": threads})
-        loggers.append(mlflow_logger)
-
+    if run_id:
+        loggers.append(tracking.attach_logger(cfg, run_id))
     # `best` by val/acc, and `last` at every periodic validation (Lightning's save_last only saves
     # alongside a new best).
     best = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/acc", mode="max")
@@ -163,45 +213,30 @@ def train(cfg: DictConfig) -> dict[str, float]:
         enable_model_summary=False,
         default_root_dir=str(out_dir),
     )
-
-    previous_handlers = {s: signal.signal(s, _raise_killed) for s in (signal.SIGINT, signal.SIGTERM)}
-    status = "FAILED"
-    try:
-        trainer.fit(model, datamodule=datamodule)
-        if trainer.interrupted:
-            raise RunKilled(signal.SIGTERM)
-        trainer.test(model, datamodule=datamodule, ckpt_path=best.best_model_path or None,
-                     verbose=False, weights_only=True)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.split("/")[0] in ("val_full", "test")}
-        if trainer.is_global_zero:
-            files = reports.write_reports(reports_dir, metrics, history.history)
-            if run_id:
-                tracking.log_outcome(run_id, cfg, model.net, files, [best.best_model_path, last.best_model_path])
-        status = "FINISHED"
-        return metrics
-    except RunKilled:
-        status = "KILLED"
-        raise
-    except DivergedError as e:
+    trainer.fit(model, datamodule=datamodule)
+    if trainer.interrupted:
+        raise RunKilled(signal.SIGTERM)
+    trainer.test(model, datamodule=datamodule, ckpt_path=best.best_model_path or None, verbose=False,
+                 weights_only=True)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.split("/")[0] in ("val_full", "test")}
+    if trainer.is_global_zero:
+        reports_dir = resolve_path(cfg.paths.reports_dir) if cfg.paths.reports_dir else out_dir
+        files = reports.write_reports(reports_dir, metrics, history.history)
         if run_id:
-            tracking.set_tag(run_id, "diverged_at_step", str(e.step))
-        raise
-    finally:
-        for s, handler in previous_handlers.items():
-            signal.signal(s, handler)
-        if run_id:
-            tracking.end_run(run_id, status)
+            tracking.log_outcome(run_id, cfg, model.net, files, [best.best_model_path, last.best_model_path])
+    return metrics
 
 
 @hydra.main(config_path=conf_dir(), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
+    from mnist_pipeline.launch import WorkersFailed
     from mnist_pipeline.module import DivergedError
 
     try:
         return train(cfg)[SELECTION_METRIC]
     except ConfigError as e:
         sys.exit(f"error: {e}")
-    except DivergedError as e:
+    except (DivergedError, WorkersFailed) as e:
         sys.exit(f"error: {e}")
     except RunKilled as e:
         print(f"\n{e}: run marked KILLED", file=sys.stderr)
@@ -209,4 +244,8 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    from mnist_pipeline.launch import global_rank
+
+    if global_rank() > 0:  # a DDP worker other than rank 0: no output folder, no log file of its own
+        sys.argv += ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout"]
     main()
