@@ -1,8 +1,13 @@
-"""Where the project lives, and Hydra composition for the stages that are not Hydra apps.
+"""Where the project lives, where its config comes from, and composition for plain commands.
 
 The project root is the folder holding `conf/` and `dvc.yaml`: the current directory or one of its
 parents (so a DVC experiment's temporary copy uses its own files), else the checkout this package
 was installed from. Relative paths in the config are taken from there.
+
+Where the config comes from: `conf/`, composed by Hydra, except inside `dvc exp run`. There DVC
+(with `hydra.enabled`) has just composed `conf/` plus the experiment's `-S` overrides into
+`params.yaml`, and that file is the config. Under a plain `dvc repro`, `params.yaml` is rewritten
+from `conf/` so that `dvc.lock` and `dvc exp show` record the values that actually ran.
 """
 
 from __future__ import annotations
@@ -30,8 +35,42 @@ def project_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
-def conf_dir() -> str:
-    return str(project_root() / "conf")
+PARAMS_FILE = "params.yaml"
+
+
+def in_dvc_experiment() -> bool:
+    return bool(os.environ.get("DVC_EXP_NAME"))
+
+
+def config_source() -> tuple[str, str]:
+    """(folder, name) of the primary config: conf/config.yaml, or params.yaml in `dvc exp run`."""
+    root = project_root()
+    if in_dvc_experiment() and (root / PARAMS_FILE).is_file():
+        return str(root), PARAMS_FILE.removesuffix(".yaml")
+    return str(root / "conf"), "config"
+
+
+def refresh_params_file() -> None:
+    """Under a plain `dvc repro` stage, make params.yaml the composition of conf/ (see above)."""
+    if not os.environ.get("DVC_STAGE") or in_dvc_experiment():
+        return
+    from omegaconf import OmegaConf
+
+    from mnist_pipeline.atomic import write_text
+
+    path = project_root() / PARAMS_FILE
+    with initialize_config_dir_(str(project_root() / "conf")):
+        from hydra import compose as hydra_compose
+
+        fresh = OmegaConf.to_container(hydra_compose("config"), resolve=True)  # as DVC writes it
+    if not path.is_file() or OmegaConf.to_container(OmegaConf.load(path)) != fresh:
+        write_text(path, OmegaConf.to_yaml(fresh))
+
+
+def initialize_config_dir_(folder: str):
+    from hydra import initialize_config_dir
+
+    return initialize_config_dir(config_dir=folder, version_base="1.3")
 
 
 def resolve_path(path: str | os.PathLike) -> Path:
@@ -43,10 +82,10 @@ def resolve_path(path: str | os.PathLike) -> Path:
 def compose(overrides: list[str] | None = None) -> DictConfig:
     """The composed config, for stages run as plain commands (`python -m ... key=value`)."""
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides or []))
+    folder, name = config_source()
+    with initialize_config_dir_(folder):
+        return hydra_compose(name, overrides=list(overrides or []))
 
 
 def stage_main(run, argv: list[str] | None = None) -> None:
@@ -76,6 +115,7 @@ def stage_main(run, argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, interrupt)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     try:
+        refresh_params_file()
         run(compose(argv))
     except (ConfigError, HydraException, OmegaConfBaseException) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)

@@ -26,7 +26,10 @@ RUN_CONTROL_KEYS = ("ckpt_path", "resume")
 
 
 def tracking_uri(explicit: str | None = None) -> str:
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlruns' / 'mlflow.db'}"
+    """`explicit`, else $MLFLOW_TRACKING_URI, else the repo's embedded store. A queued DVC experiment
+    runs in a temporary copy of the repo; DVC_ROOT names the repo itself, where the store lives."""
+    root = Path(os.environ.get("DVC_ROOT") or project_root())
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
 
 
 def ensure_experiment(uri: str, name: str) -> str:
@@ -133,13 +136,20 @@ def flat_params(cfg, extra: dict | None = None) -> dict[str, str]:
     return params
 
 
-def run_name(cfg) -> str:
-    """Readable and unique: `tfjs_cnn lr=0.15 bs=64 3f9a` (random suffix: not tied to the seed)."""
+def run_name(cfg, swept_keys: list[str] = ()) -> str:
+    """Readable and unique: `tfjs_cnn lr=0.15 bs=64 3f9a`, plus any other swept key's value
+    (random suffix: not tied to the seed)."""
     import secrets
+
+    from omegaconf import OmegaConf
 
     model = cfg.model.get("_target_", "model").rsplit(".", 1)[-1]
     model = {"TfjsCNN": "tfjs_cnn"}.get(model, model)
-    return f"{model} lr={cfg.optimizer.lr:g} bs={cfg.data.batch_size} {secrets.token_hex(2)}"
+    parts = [model, f"lr={cfg.optimizer.lr:g}", f"bs={cfg.data.batch_size}"]
+    for key in swept_keys:
+        if key not in ("optimizer.lr", "data.batch_size"):
+            parts.append(f"{key.rsplit('.', 1)[-1]}={OmegaConf.select(cfg, key, default=key)}")
+    return " ".join([*parts, secrets.token_hex(2)])
 
 
 def use_store(explicit: str | None = None) -> str:
@@ -168,8 +178,13 @@ def start_run(cfg, *, processed_dir: Path, overrides: list[str], extra_params: d
     }
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp"] = os.environ["DVC_EXP_NAME"]
+    from mnist_pipeline.sweep import PARENT_ENV, SWEEP_ENV, SWEPT_KEYS_ENV
+
+    if os.environ.get(PARENT_ENV):  # a point of a -m sweep: a child of the sweep's run
+        tags.update({"mlflow.parentRunId": os.environ[PARENT_ENV], "sweep": os.environ.get(SWEEP_ENV, "")})
+    swept = [k for k in os.environ.get(SWEPT_KEYS_ENV, "").split(",") if k]
     client = MlflowClient(uri)
-    run = client.create_run(experiment_id, run_name=run_name(cfg), tags=tags)
+    run = client.create_run(experiment_id, run_name=run_name(cfg, swept), tags=tags)
     run_id = run.info.run_id
     params = [Param(k, v[:6000]) for k, v in flat_params(cfg, extra_params).items()]
     for i in range(0, len(params), 100):  # MLflow's limit per batch
@@ -201,15 +216,20 @@ def end_run(run_id: str, status: str) -> None:
     MlflowClient().set_terminated(run_id, status)
 
 
-def log_outcome(run_id: str, cfg, net, files: list[Path], checkpoints: list[str]) -> None:
-    """Artifacts of a finished run: the config, reports and plots, checkpoints, and the model."""
+def log_outcome(run_id: str, cfg, net, files: list[Path], checkpoints: list[str], metrics: dict[str, float],
+                step: int) -> None:
+    """What a finished run adds: end-of-run figures, the config, reports and plots, checkpoints,
+    and the model."""
     import tempfile
 
     import mlflow
+    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
     from omegaconf import OmegaConf
 
     client = MlflowClient()
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
     with tempfile.TemporaryDirectory() as tmp:
         config_yaml = Path(tmp) / "config.yaml"
         config_yaml.write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -14,12 +14,13 @@ import math
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_pipeline.config import ConfigError, conf_dir, project_root, resolve_path
+from mnist_pipeline.config import ConfigError, config_source, project_root, refresh_params_file, resolve_path
 
 SELECTION_METRIC = "val_full/acc"
 
@@ -71,9 +72,17 @@ def output_dir(cfg: DictConfig) -> Path:
 
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
-    import time
-
     return project_root() / "outputs" / time.strftime("%Y-%m-%d/%H-%M-%S") / f"run-{os.getpid()}"
+
+
+def parallel_jobs() -> int:
+    """Sweep jobs sharing this machine at once (hydra/launcher=joblib n_jobs), to share its cores."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return 1
+    n_jobs = HydraConfig.get().launcher.get("n_jobs")
+    return n_jobs if isinstance(n_jobs, int) and n_jobs > 0 else 1
 
 
 def hydra_overrides() -> list[str]:
@@ -158,7 +167,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if world_size > 1 and cfg.trainer.num_nodes > 1 and not launch.under_launcher():
         raise ConfigError(f"trainer.num_nodes={cfg.trainer.num_nodes} needs one launcher per node: "
                           "torchrun --nnodes=... or srun (see README, Scaling out)")
-    threads = cfg.get("threads") or max(1, len(os.sched_getaffinity(0)) // local_procs)
+    threads = cfg.get("threads") or max(1, len(os.sched_getaffinity(0)) // (local_procs * parallel_jobs()))
     out_dir = output_dir(cfg)
     extra_params = {"world_size": world_size, "threads": threads}
 
@@ -213,7 +222,9 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
         enable_model_summary=False,
         default_root_dir=str(out_dir),
     )
+    started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
+    steps_per_s = trainer.global_step / (time.perf_counter() - started)
     if trainer.interrupted:
         raise RunKilled(signal.SIGTERM)
     trainer.test(model, datamodule=datamodule, ckpt_path=best.best_model_path or None, verbose=False,
@@ -223,24 +234,41 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
         reports_dir = resolve_path(cfg.paths.reports_dir) if cfg.paths.reports_dir else out_dir
         files = reports.write_reports(reports_dir, metrics, history.history)
         if run_id:
-            tracking.log_outcome(run_id, cfg, model.net, files, [best.best_model_path, last.best_model_path])
+            tracking.log_outcome(run_id, cfg, model.net, files, [best.best_model_path, last.best_model_path],
+                                 {"perf/train_steps_per_s": steps_per_s}, trainer.global_step)
     return metrics
 
 
-@hydra.main(config_path=conf_dir(), config_name="config", version_base="1.3")
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+@hydra.main(config_path=config_source()[0], config_name=config_source()[1], version_base="1.3")
 def main(cfg: DictConfig) -> float:
+    """Returns val_full/acc, the selection metric (what sweepers such as Optuna maximise). In a
+    sweep, a failed point is recorded FAILED and returns NaN, so the other points still run."""
+    import logging
+
     from mnist_pipeline.launch import WorkersFailed
     from mnist_pipeline.module import DivergedError
 
     try:
         return train(cfg)[SELECTION_METRIC]
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
-    except (DivergedError, WorkersFailed) as e:
-        sys.exit(f"error: {e}")
     except RunKilled as e:
         print(f"\n{e}: run marked KILLED", file=sys.stderr)
         sys.exit(128 + e.signum)
+    except (ConfigError, DivergedError, WorkersFailed) as e:
+        if not _in_multirun():
+            sys.exit(f"error: {e}")
+        logging.getLogger(__name__).error("error: %s", e)
+    except Exception:
+        if not _in_multirun():
+            raise
+        logging.getLogger(__name__).exception("this sweep point failed")
+    return float("nan")
 
 
 if __name__ == "__main__":
@@ -248,4 +276,6 @@ if __name__ == "__main__":
 
     if global_rank() > 0:  # a DDP worker other than rank 0: no output folder, no log file of its own
         sys.argv += ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout"]
+    else:
+        refresh_params_file()
     main()
