@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: repro test ui lock clean-venv
+.PHONY: repro test test-ui ui lock clean-venv
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,12 @@ repro: $(STAMP)
 	dvc repro
 
 test: $(STAMP)
-	python -m pytest
+	python -m pytest -m "not browser"
+
+# The MLflow UI page in headless Chromium (Debian's package, installed here if missing).
+test-ui: $(STAMP)
+	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	python -m pytest -m browser
 
 ui: $(STAMP)
 	@python -m mnist_pipeline.tracking ui

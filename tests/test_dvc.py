@@ -83,9 +83,62 @@ def test_repro_runs_everything_then_nothing_then_only_what_changed(repo_copy):
 
     _edit(repo_copy / "conf/optimizer/sgd.yaml", "lr: 0.15", "lr: 0.1")
     assert _stages_run(_sh("dvc", "repro", cwd=repo_copy)) == {"train"}
+    assert _newest_run(repo_copy).data.params["optimizer.lr"] == "0.1", "trained with the edit, not stale values"
+    assert "lr: 0.1\n" in (repo_copy / "params.yaml").read_text(), "params.yaml records what ran"
 
     _edit(repo_copy / "conf/data/mnist.yaml", "  seed: 0", "  seed: 1")
     assert _stages_run(_sh("dvc", "repro", cwd=repo_copy)) == {"split", "train"}
 
     metrics_show = _sh("dvc", "metrics", "show", "--json", cwd=repo_copy)
     assert "test/acc" in metrics_show.stdout
+
+
+def _store(repo: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{repo}/mlruns/mlflow.db")
+    return client, client.get_experiment_by_name("mnist").experiment_id
+
+
+def _newest_run(repo: Path):
+    client, experiment_id = _store(repo)
+    return client.search_runs([experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
+
+
+def test_dvc_experiments_train_with_their_overrides_and_land_in_the_repo_store(repo_copy):
+    for cmd in (["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "edits"]):
+        subprocess.run(cmd, cwd=repo_copy, check=True, capture_output=True)
+
+    one = _sh("dvc", "exp", "run", "-S", "optimizer.lr=0.05", cwd=repo_copy)
+    assert _stages_run(one) == {"train"}
+    run = _newest_run(repo_copy)
+    assert run.data.params["optimizer.lr"] == "0.05" and run.data.tags.get("dvc_exp")
+
+    queued = _sh("dvc", "exp", "run", "--queue", "-S", "optimizer.lr=0.07,0.09", cwd=repo_copy)
+    assert queued.returncode == 0, queued.stderr
+    assert _sh("dvc", "queue", "start", cwd=repo_copy).returncode == 0
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            status = _sh("dvc", "queue", "status", cwd=repo_copy).stdout
+            if "Queued" not in status and "Running" not in status:
+                break
+            time.sleep(2)
+        else:
+            pytest.fail(f"queued experiments did not finish: {status}")
+    finally:
+        _sh("dvc", "queue", "stop", cwd=repo_copy)
+    assert status.count("Success") >= 2, status
+
+    client, experiment_id = _store(repo_copy)
+    runs = client.search_runs([experiment_id], "tags.dvc_exp != ''")
+    by_lr = {r.data.params["optimizer.lr"]: r for r in runs}
+    assert {"0.05", "0.07", "0.09"} <= set(by_lr)
+    assert all(by_lr[lr].info.status == "FINISHED" for lr in ("0.07", "0.09"))
+    assert not list((repo_copy / ".dvc" / "tmp").rglob("mlflow.db")), "no run lost in a temporary copy"
+
+    show = json.loads(_sh("dvc", "exp", "show", "--json", cwd=repo_copy).stdout)
+    text = json.dumps(show)
+    assert "optimizer" in text and "test/acc" in text
+    for lr in (0.05, 0.07, 0.09):
+        assert f'"lr": {lr}' in text

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -272,14 +273,15 @@ def log_model(net) -> None:
 def ui(port: int = 5000) -> None:
     """`make ui`: the MLflow UI over the project's store, bound to 127.0.0.1 only."""
     uri = tracking_uri()
-    ensure_experiment(uri, "mnist")
-    print(f"MLflow UI for {uri}: http://127.0.0.1:{port}/#/experiments  (Ctrl-C stops it)", flush=True)
-    os.execvp("mlflow", ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)])
+    experiment_id = ensure_experiment(uri, "mnist")
+    print(f"MLflow UI over {uri}\n  training runs: http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs"
+          "\n  (Ctrl-C stops it)", flush=True)
+    os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no job runner: 2 processes, not 13
+    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"])
 
 
 if __name__ == "__main__":
-    import sys
-
     if sys.argv[1:2] != ["ui"]:
         sys.exit("usage: python -m mnist_pipeline.tracking ui [PORT]")
     ui(int(sys.argv[2]) if len(sys.argv) > 2 else 5000)
