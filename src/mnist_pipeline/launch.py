@@ -25,6 +25,8 @@ from mnist_pipeline.atomic import write_text
 
 # Set by the launcher for its workers: rank 0 logs into this run instead of creating one.
 RUN_ID_ENV = "MNIST_PIPELINE_RUN_ID"
+# ... and every worker continues from this checkpoint (resume=).
+RESUME_ENV = "MNIST_PIPELINE_RESUME_CKPT"
 WORKER_CONFIG = "ddp_config"
 
 
@@ -50,12 +52,13 @@ def layout(cfg: DictConfig) -> tuple[int, int]:
     return devices * int(cfg.trainer.num_nodes), local
 
 
-def run_workers(cfg: DictConfig, out_dir: Path, nproc: int, on_start=None) -> dict[str, float]:
+def run_workers(cfg: DictConfig, out_dir: Path, nproc: int, env: dict[str, str]) -> dict[str, float]:
     """Train `cfg` on `nproc` torchrun workers; the metrics rank 0 wrote to reports/metrics.json."""
     worker_cfg = OmegaConf.to_container(cfg, resolve=True)
     worker_cfg["paths"]["output_dir"] = str(out_dir)
     reports_dir = Path(worker_cfg["paths"]["reports_dir"] or out_dir)
     worker_cfg["paths"]["reports_dir"] = str(reports_dir)
+    worker_cfg["resume"] = None  # the launcher found the run; workers get its checkpoint (RESUME_ENV)
     (reports_dir / "metrics.json").unlink(missing_ok=True)
     write_text(out_dir / f"{WORKER_CONFIG}.yaml", OmegaConf.to_yaml(OmegaConf.create(worker_cfg)))
     cmd = [
@@ -64,10 +67,10 @@ def run_workers(cfg: DictConfig, out_dir: Path, nproc: int, on_start=None) -> di
         "-m", "mnist_pipeline.train", "--config-path", str(out_dir), "--config-name", WORKER_CONFIG,
         f"hydra.run.dir={out_dir}", "hydra.output_subdir=null",
     ]
-    env = {**os.environ}
+    worker_env = {**os.environ, **env}
     for leftover in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(leftover, None)
-    proc = subprocess.Popen(cmd, env={**env, **(on_start or {})})
+        worker_env.pop(leftover, None)
+    proc = subprocess.Popen(cmd, env=worker_env)
     try:
         returncode = proc.wait()
     except BaseException:  # killed ourselves (SIGINT, SIGTERM): stop the workers, then report

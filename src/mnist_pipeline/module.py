@@ -7,7 +7,10 @@ for training). Values are reduced across processes, so they mean the same whatev
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
+
+import numpy as np
 
 import pytorch_lightning as pl
 import torch
@@ -40,6 +43,25 @@ class MNISTClassifier(pl.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    # A resumed run draws the same random numbers an uninterrupted one would: the checkpoint holds
+    # every generator's state, as plain tensors and tuples (loadable with weights_only=True).
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        checkpoint["rng"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng" not in checkpoint:
+            return
+        rng = checkpoint["rng"]
+        torch.set_rng_state(rng["torch"])
+        kind, keys, pos, has_gauss, cached = rng["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        random.setstate(rng["python"])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(params=self.parameters())

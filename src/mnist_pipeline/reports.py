@@ -9,6 +9,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -35,6 +36,22 @@ class HistoryLogger(Logger):
 
     def log_hyperparams(self, params, *args, **kwargs) -> None:
         pass
+
+
+class HistoryInCheckpoint(Callback):
+    """Keeps the history in every checkpoint, so a resumed run's reports show all of its curves."""
+
+    def __init__(self, logger: HistoryLogger) -> None:
+        self.logger = logger
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["history"] = {key: list(points) for key, points in self.logger.history.items()}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if trainer.state.fn != "fit" or "history" not in checkpoint:
+            return  # evaluating a checkpoint must not rewind the history
+        self.logger.history.clear()
+        self.logger.history.update({key: [tuple(p) for p in points] for key, points in checkpoint["history"].items()})
 
 
 def _curve_table(history: History, prefix: str) -> list[dict]:

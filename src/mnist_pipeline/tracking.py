@@ -35,8 +35,12 @@ def tracking_uri(explicit: str | None = None) -> str:
 
 def ensure_experiment(uri: str, name: str) -> str:
     """The experiment's id, creating the store and experiment once, under a lock: several processes
-    creating a fresh SQLite store at once can break its schema migration."""
+    creating a fresh SQLite store at once can break its schema migration. On a server no file lock
+    helps: when another process creates the experiment between our look-up and our create, the
+    server answers RESOURCE_ALREADY_EXISTS, and the experiment it created is the one."""
     from filelock import FileLock
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
     from mlflow.tracking import MlflowClient
 
     lock_path = artifact_location = None
@@ -50,7 +54,15 @@ def ensure_experiment(uri: str, name: str) -> str:
         experiment = client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
-        return client.create_experiment(name, artifact_location=artifact_location)
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException as e:
+            if e.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
 
 
 def git_state(root: Path) -> dict[str, str]:
@@ -76,6 +88,20 @@ def process_tags() -> dict[str, str]:
     }
 
 
+def process_alive(tags: dict) -> bool | None:
+    """Whether the process that recorded a run (tags host, pid, pid_start_time) still runs; None
+    when it ran on another host (or the tags are missing): then nobody here can tell."""
+    import psutil
+
+    if tags.get("host") != socket.gethostname() or not tags.get("pid", "").isdigit():
+        return None
+    try:
+        started = psutil.Process(int(tags["pid"])).create_time()
+    except psutil.NoSuchProcess:
+        return False
+    return abs(started - float(tags.get("pid_start_time", 0))) < 1.0
+
+
 class BufferedMLFlowLogger(MLFlowLogger):
     """Lightning's MLFlowLogger, but per-step metrics are kept and sent in one `log_batch` every
     `flush_every_n_steps` steps and at every checkpoint (one SQLite transaction costs ~5 ms: one per
@@ -87,6 +113,15 @@ class BufferedMLFlowLogger(MLFlowLogger):
         self.flush_every_n_steps = flush_every_n_steps
         self._pending: list = []
         self._last_flush_step = 0
+        self.logged_until: dict[str, int] = {}  # a resumed run: points MLflow already holds
+
+    def skip_logged_points(self) -> None:
+        """Resuming from a checkpoint older than the last flush: do not send those steps twice."""
+        client = self.experiment
+        for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
+            history = client.get_metric_history(self.run_id, key)
+            if history:
+                self.logged_until[key] = max(m.step for m in history)
 
     @rank_zero_only
     def log_metrics(self, metrics, step=None) -> None:
@@ -94,7 +129,7 @@ class BufferedMLFlowLogger(MLFlowLogger):
 
         now = int(time.time() * 1000)
         for key, value in metrics.items():
-            if key == "epoch":
+            if key == "epoch" or (step is not None and step <= self.logged_until.get(key, -1)):
                 continue
             self._pending.append(Metric(key=key, value=float(value), timestamp=now, step=step or 0))
         if step is not None and step - self._last_flush_step >= self.flush_every_n_steps:
@@ -162,7 +197,7 @@ def use_store(explicit: str | None = None) -> str:
     return uri
 
 
-def start_run(cfg, *, processed_dir: Path, overrides: list[str], extra_params: dict | None = None) -> str:
+def start_run(cfg, *, processed_dir: Path, out_dir: Path, overrides: list[str], extra_params: dict | None = None) -> str:
     """Create the run with its tags and params; returns its id."""
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
@@ -176,6 +211,7 @@ def start_run(cfg, *, processed_dir: Path, overrides: list[str], extra_params: d
         **process_tags(),
         "hydra_overrides": " ".join(overrides),
         "data_sha256": processed_sha256(processed_dir),
+        "output_dir": str(out_dir),
     }
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp"] = os.environ["DVC_EXP_NAME"]
@@ -193,10 +229,23 @@ def start_run(cfg, *, processed_dir: Path, overrides: list[str], extra_params: d
     return run_id
 
 
-def attach_logger(cfg, run_id: str) -> BufferedMLFlowLogger:
+def attach_logger(cfg, run_id: str, resumed: bool = False) -> BufferedMLFlowLogger:
     """A Lightning logger writing into an existing run."""
     uri = tracking_uri(cfg.logger.tracking_uri)
-    return BufferedMLFlowLogger(tracking_uri=uri, run_id=run_id, flush_every_n_steps=cfg.logger.flush_every_n_steps)
+    logger = BufferedMLFlowLogger(tracking_uri=uri, run_id=run_id, flush_every_n_steps=cfg.logger.flush_every_n_steps)
+    if resumed:
+        logger.skip_logged_points()
+    return logger
+
+
+def reopen_run(run_id: str, step: int) -> None:
+    """A resumed run is RUNNING again, recorded by this process (for `runs cleanup`)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    client.update_run(run_id, status="RUNNING")
+    for key, value in {**process_tags(), "resumed_at_step": str(step)}.items():
+        client.set_tag(run_id, key, value)
 
 
 def get_tag(run_id: str, key: str) -> str | None:

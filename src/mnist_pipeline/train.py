@@ -21,21 +21,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_pipeline.config import ConfigError, config_source, project_root, refresh_params_file, resolve_path
+from mnist_pipeline.stopping import RunKilled, StopAtStepBoundary, signals_end_runs
 
 SELECTION_METRIC = "val_full/acc"
-
-
-class RunKilled(BaseException):
-    """SIGINT or SIGTERM. A BaseException, so no `except Exception` swallows it; not a
-    KeyboardInterrupt, which Lightning turns into a plain `sys.exit(1)`."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"killed by {signal.Signals(signum).name}")
-        self.signum = signum
-
-
-def _raise_killed(signum, _frame) -> None:
-    raise RunKilled(signum)
 
 
 def _positive(cfg: DictConfig, key: str, kind: type = int) -> None:
@@ -62,6 +50,10 @@ def check_config(cfg: DictConfig) -> None:
         )
     if cfg.ckpt_path is not None and not resolve_path(cfg.ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    if cfg.resume is not None and cfg.ckpt_path is not None:
+        raise ConfigError("give resume= (continue a run) or ckpt_path= (start from weights), not both")
+    if cfg.resume is not None and not cfg.logger.enabled:
+        raise ConfigError("resume= finds the run in MLflow: it needs logger=mlflow")
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -92,17 +84,37 @@ def hydra_overrides() -> list[str]:
 
 
 def load_weights(model, ckpt_path: Path) -> None:
-    """Start from a checkpoint's weights. Checkpoints are data, never code: weights_only=True."""
+    """Start from a checkpoint's weights. Checkpoints are data, never code: weights_only=True, so a
+    file holding a pickled object (which could run code when loaded) is refused before anything in
+    it runs. Every way a file can be unusable ends in one ConfigError line."""
     import pickle
+    import re
 
     import torch
 
+    def one_line(e: BaseException) -> str:
+        text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split()).split(". ")[0]  # its first sentence
+        return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
+
     try:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  the parser of a damaged file can fail in any way (KeyError, ...)
+        message = str(e)
+        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in message \
+                and "Unsupported operand" not in message:
+            found = re.search(r"Unsupported global: GLOBAL [\w.]+", message)
+            raise ConfigError(
+                f"ckpt_path={ckpt_path}: refused: it holds more than plain data "
+                f"({found.group(0) if found else 'a pickled object'}), which could run code when loaded; "
+                "nothing in it was run. Use checkpoints written by this pipeline"
+            ) from e
+        raise ConfigError(f"ckpt_path={ckpt_path}: truncated or corrupt checkpoint file ({one_line(e)})") from e
+    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
+        raise ConfigError(f"ckpt_path={ckpt_path}: not a Lightning checkpoint (no state_dict in it)")
+    try:
         model.load_state_dict(state["state_dict"])
-    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"ckpt_path={ckpt_path}: not a usable checkpoint ({first})") from e
+    except RuntimeError as e:
+        raise ConfigError(f"ckpt_path={ckpt_path}: its weights do not fit this model ({one_line(e)})") from e
 
 
 def _quiet_framework_noise() -> None:
@@ -117,7 +129,7 @@ def _quiet_framework_noise() -> None:
 
 
 @contextlib.contextmanager
-def mlflow_run(cfg: DictConfig, processed_dir: Path, extra_params: dict):
+def mlflow_run(cfg: DictConfig, processed_dir: Path, out_dir: Path, extra_params: dict, resumed=None):
     """The run this process records into, or None (tracking off, or not global rank 0).
 
     A run this process created is ended here: FINISHED, FAILED (an exception; a diverged loss also
@@ -132,8 +144,12 @@ def mlflow_run(cfg: DictConfig, processed_dir: Path, extra_params: dict):
         return
     tracking.use_store(cfg.logger.tracking_uri)
     attached = os.environ.get(launch.RUN_ID_ENV)
-    run_id = attached or tracking.start_run(cfg, processed_dir=processed_dir, overrides=hydra_overrides(),
-                                            extra_params=extra_params)
+    if resumed is not None:
+        run_id = resumed.run_id
+        tracking.reopen_run(run_id, resumed.step)
+    else:
+        run_id = attached or tracking.start_run(cfg, processed_dir=processed_dir, out_dir=out_dir,
+                                                overrides=hydra_overrides(), extra_params=extra_params)
     status = "FAILED"
     try:
         yield run_id
@@ -168,28 +184,34 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(f"trainer.num_nodes={cfg.trainer.num_nodes} needs one launcher per node: "
                           "torchrun --nnodes=... or srun (see README, Scaling out)")
     threads = cfg.get("threads") or max(1, len(os.sched_getaffinity(0)) // (local_procs * parallel_jobs()))
-    out_dir = output_dir(cfg)
     extra_params = {"world_size": world_size, "threads": threads}
+    resumed = None
+    if cfg.resume is not None:
+        from mnist_pipeline import resume
 
-    previous_handlers = {s: signal.signal(s, _raise_killed) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with mlflow_run(cfg, processed_dir, extra_params) as run_id:
-            if local_procs > 1 and not launch.under_launcher():
-                return launch.run_workers(cfg, out_dir, local_procs, on_start={launch.RUN_ID_ENV: run_id or ""})
-            return fit_and_evaluate(cfg, processed_dir, out_dir, run_id, threads)
-    finally:
-        for s, handler in previous_handlers.items():
-            signal.signal(s, handler)
+        resumed = resume.find(cfg)
+    resume_ckpt = os.environ.get(launch.RESUME_ENV) or (resumed and str(resumed.checkpoint))
+    out_dir = resumed.out_dir if resumed else output_dir(cfg)
+
+    stop = StopAtStepBoundary()
+    with signals_end_runs(stop), mlflow_run(cfg, processed_dir, out_dir, extra_params, resumed) as run_id:
+        if local_procs > 1 and not launch.under_launcher():
+            return launch.run_workers(cfg, out_dir, local_procs,
+                                      env={launch.RUN_ID_ENV: run_id or "", launch.RESUME_ENV: resume_ckpt or ""})
+        return fit_and_evaluate(cfg, processed_dir, out_dir, run_id, threads, stop, resume_ckpt)
 
 
-def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id: str | None,
-                     threads: int) -> dict[str, float]:
-    """This process's part of the run: fit, evaluate the best checkpoint, write reports (rank 0)."""
+def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id: str | None, threads: int,
+                     stop: StopAtStepBoundary, resume_ckpt: str | None = None) -> dict[str, float]:
+    """This process's part of the run: fit (from `resume_ckpt` when resuming), evaluate the best
+    checkpoint, write reports (rank 0)."""
     import pytorch_lightning as pl
     import torch
     from hydra.utils import instantiate
     from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+    from mnist_pipeline import diagnostics
     from mnist_pipeline import reports, tracking
     from mnist_pipeline.checkpoints import AtomicCheckpointIO
     from mnist_pipeline.module import MNISTClassifier
@@ -205,15 +227,16 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
     history = reports.HistoryLogger()
     loggers: list = [history]
     if run_id:
-        loggers.append(tracking.attach_logger(cfg, run_id))
+        loggers.append(tracking.attach_logger(cfg, run_id, resumed=resume_ckpt is not None))
     # `best` by val/acc, and `last` at every periodic validation (Lightning's save_last only saves
-    # alongside a new best).
+    # alongside a new best) and when a run stops on an exception or a signal.
     best = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/acc", mode="max")
-    last = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last", monitor=None, save_top_k=1)
+    last = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                           save_on_exception=True)
     trainer = instantiate(
         cfg.trainer,
         logger=loggers,
-        callbacks=[best, last, StepProgressBar()],
+        callbacks=[best, last, reports.HistoryInCheckpoint(history), stop, StepProgressBar()],
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,   # the datamodule slices each global batch itself
         check_val_every_n_epoch=None,    # validate every val_check_interval steps, across epochs
@@ -222,17 +245,21 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
         enable_model_summary=False,
         default_root_dir=str(out_dir),
     )
-    started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule)
-    steps_per_s = trainer.global_step / (time.perf_counter() - started)
-    if trainer.interrupted:
-        raise RunKilled(signal.SIGTERM)
+    started, first_step = time.perf_counter(), 0
+    try:
+        if resume_ckpt:
+            first_step = int(torch.load(resume_ckpt, map_location="cpu", weights_only=True)["global_step"])
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_ckpt, weights_only=True)
+    except SIGTERMException:  # Lightning's own SIGTERM stop, which would exit with code 0
+        raise RunKilled(signal.SIGTERM) from None
+    steps_per_s = (trainer.global_step - first_step) / (time.perf_counter() - started)
     trainer.test(model, datamodule=datamodule, ckpt_path=best.best_model_path or None, verbose=False,
                  weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.split("/")[0] in ("val_full", "test")}
     if trainer.is_global_zero:
         reports_dir = resolve_path(cfg.paths.reports_dir) if cfg.paths.reports_dir else out_dir
         files = reports.write_reports(reports_dir, metrics, history.history)
+        files += diagnostics.write_diagnostics(reports_dir, model.net, *datamodule.splits["test"])
         if run_id:
             tracking.log_outcome(run_id, cfg, model.net, files, [best.best_model_path, last.best_model_path],
                                  {"perf/train_steps_per_s": steps_per_s}, trainer.global_step)
@@ -278,4 +305,10 @@ if __name__ == "__main__":
         sys.argv += ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout"]
     else:
         refresh_params_file()
+        from mnist_pipeline.resume import hydra_dir_override
+
+        try:
+            sys.argv += hydra_dir_override(sys.argv[1:])
+        except ConfigError as e:
+            sys.exit(f"error: {e}")
     main()
