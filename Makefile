@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: repro test test-ui ui lock clean-venv
+.PHONY: repro test test-ui ui serve bench lock clean-venv
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,15 @@ test-ui: $(STAMP)
 
 ui: $(STAMP)
 	@python -m mnist_pipeline.tracking ui
+
+# The champion model (python -m mnist_pipeline.promote) as a REST endpoint on 127.0.0.1:5001/invocations.
+serve: $(STAMP)
+	@python -m mnist_pipeline.serve
+
+# Figures, not tests: the pipeline against a bare PyTorch loop (README, Performance).
+bench: $(STAMP)
+	dvc repro split
+	python -m mnist_pipeline.bench
 
 # Re-resolve the whole dependency set into requirements.lock (run after editing pyproject.toml).
 lock:

@@ -2,7 +2,8 @@
 
 Prints the sweep's points best first by val_full/acc (the selection metric; failed and diverged
 points last), draws every point's val/acc curve on one chart and, for a learning rate x batch size
-grid, a heatmap of val_full/acc, and logs both pictures to the sweep's parent run.
+grid, a heatmap of val_full/acc, and logs both pictures to the sweep's parent run. `--promote` then
+registers the best point's model as the champion (see promote.py).
 """
 
 from __future__ import annotations
@@ -162,14 +163,26 @@ def main(argv: list[str] | None = None) -> None:
     store_args(parser)
     parser.add_argument("--sweep", help="the sweep's parent run name (default: the newest sweep)")
     parser.add_argument("--out", help="folder for the pictures (default: outputs/compare/<parent run id>)")
+    parser.add_argument("--promote", action="store_true", help="register the sweep's best run's model and make it "
+                        "the champion (as `python -m mnist_pipeline.promote --sweep NAME`)")
+    parser.add_argument("--model-name", default="mnist-cnn", help="with --promote: the registered model (default: "
+                        "mnist-cnn)")
     args = parser.parse_args(argv)
     try:
-        text, pictures, _ = compare(args.tracking_uri, args.experiment, args.sweep, args.out)
+        text, pictures, parent_run_id = compare(args.tracking_uri, args.experiment, args.sweep, args.out)
     except CompareError as e:
         sys.exit(f"error: {e}")
     print(text)
     for path in pictures:
         print(f"wrote {path} (also logged to the sweep's parent run)")
+    if args.promote:
+        from mnist_pipeline.models import ModelError
+        from mnist_pipeline.promote import promote
+
+        try:
+            print(promote(args.tracking_uri, args.experiment, parent_run_id=parent_run_id, model_name=args.model_name))
+        except ModelError as e:
+            sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ seen. Lightning's distributed sampler must be off (`use_distributed_sampler=Fals
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,7 @@ class TrainBatches:
         self.batch_size, self.seed = batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.start_step = start_step
+        self.seconds = 0.0  # spent producing batches: the data share of the training loop
         self.steps_per_epoch = len(labels) // batch_size
         if self.steps_per_epoch == 0:
             raise ConfigError(
@@ -83,8 +85,11 @@ class TrainBatches:
         epoch, pos = divmod(start, self.steps_per_epoch)
         per_rank = self.batch_size // self.world_size
         for step in range(epoch * self.steps_per_epoch + pos, (epoch + 1) * self.steps_per_epoch):
+            started = time.perf_counter()
             idx = self.global_batch(step)[self.rank * per_rank : (self.rank + 1) * per_rank]
-            yield _as_input(self.images[idx]), self.labels[idx]
+            batch = _as_input(self.images[idx]), self.labels[idx]
+            self.seconds += time.perf_counter() - started
+            yield batch
 
 
 class EvalBatches:
@@ -155,7 +160,8 @@ class MNISTDataModule(pl.LightningDataModule):
         if self.batch_size % world:
             raise ConfigError(f"data.batch_size={self.batch_size} does not divide across {world} processes")
         images, labels = self.splits["train"]
-        return TrainBatches(images, labels, self.batch_size, self.seed, rank, world, self._global_step)
+        self.train_batches = TrainBatches(images, labels, self.batch_size, self.seed, rank, world, self._global_step)
+        return self.train_batches
 
     def val_subset(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The fixed, seeded `val_subset_size` images of every periodic validation."""

@@ -34,8 +34,8 @@ def _why_not(run) -> str | None:
         return f"it diverged at step {tags['diverged_at_step']}"
     if "sweep" in tags and "mlflow.parentRunId" not in tags:
         return "it is a sweep's parent run"
-    if run.info.status == "RUNNING" and tracking.process_alive(tags) is not False:
-        return f"it is still running (host {tags.get('host')}, pid {tags.get('pid')})"
+    if run.info.status == "RUNNING" and not (verdict := tracking.process_state(tags)).gone:
+        return f"it may still be running ({verdict.why})"
     if not (Path(tags.get("output_dir", "/nonexistent")) / "checkpoints" / "last.ckpt").is_file():
         return "it has no checkpoint yet"
     return None
@@ -81,7 +81,8 @@ def check_same_config(cfg, run) -> None:
     from mnist_pipeline.tracking import flat_params
 
     logged = run.data.params
-    differ = sorted(k for k, v in flat_params(cfg).items() if k in logged and logged[k] != v)
+    layout = ("threads", "world_size")  # the machine's share, logged as used: may differ on resume
+    differ = sorted(k for k, v in flat_params(cfg).items() if k in logged and logged[k] != v and k not in layout)
     if differ:
         shown = ", ".join(f"{k}={logged[k]} (now {flat_params(cfg)[k]})" for k in differ[:5])
         raise ConfigError(f"resume with the run's own settings: {shown}")

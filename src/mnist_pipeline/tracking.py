@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from pytorch_lightning.loggers import MLFlowLogger
@@ -88,18 +89,41 @@ def process_tags() -> dict[str, str]:
     }
 
 
-def process_alive(tags: dict) -> bool | None:
-    """Whether the process that recorded a run (tags host, pid, pid_start_time) still runs; None
-    when it ran on another host (or the tags are missing): then nobody here can tell."""
+START_TIME_TOLERANCE_S = 1.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    gone: bool
+    why: str
+
+
+def process_state(tags: dict[str, str], host: str | None = None) -> Verdict:
+    """Whether the process that owns a run (by its tags) is gone, as seen from this host."""
     import psutil
 
-    if tags.get("host") != socket.gethostname() or not tags.get("pid", "").isdigit():
-        return None
+    host = host or socket.gethostname()
+    run_host, pid, started = tags.get("host"), tags.get("pid"), tags.get("pid_start_time")
+    if not run_host or not pid or not started:
+        return Verdict(False, "no host/pid tags: cannot tell")
+    if run_host != host:
+        return Verdict(False, f"runs on host {run_host}, not this one ({host})")
     try:
-        started = psutil.Process(int(tags["pid"])).create_time()
+        pid_n, started_s = int(pid), float(started)
+    except ValueError:
+        return Verdict(False, f"unreadable pid tags (pid={pid!r}, pid_start_time={started!r})")
+    try:
+        proc = psutil.Process(pid_n)
+        created, status = proc.create_time(), proc.status()
     except psutil.NoSuchProcess:
-        return False
-    return abs(started - float(tags.get("pid_start_time", 0))) < 1.0
+        return Verdict(True, f"no process {pid_n}")
+    except psutil.AccessDenied:
+        return Verdict(False, f"process {pid_n} exists but cannot be inspected")
+    if abs(created - started_s) > START_TIME_TOLERANCE_S:
+        return Verdict(True, f"pid {pid_n} now belongs to another process")
+    if status == psutil.STATUS_ZOMBIE:
+        return Verdict(True, f"process {pid_n} is a zombie")
+    return Verdict(False, f"process {pid_n} is alive")
 
 
 class BufferedMLFlowLogger(MLFlowLogger):
@@ -266,20 +290,23 @@ def end_run(run_id: str, status: str) -> None:
     MlflowClient().set_terminated(run_id, status)
 
 
-def log_outcome(run_id: str, cfg, net, files: list[Path], checkpoints: list[str], metrics: dict[str, float],
-                step: int) -> None:
-    """What a finished run adds: end-of-run figures, the config, reports and plots, checkpoints,
-    and the model."""
+def log_metrics(run_id: str, metrics: dict[str, float], step: int) -> None:
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    now = int(time.time() * 1000)
+    MlflowClient().log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+
+def log_outcome(run_id: str, cfg, net, files: list[Path], checkpoints: list[str]) -> None:
+    """What a finished run adds: the config, reports and plots, checkpoints, and the model."""
     import tempfile
 
     import mlflow
-    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
     from omegaconf import OmegaConf
 
     client = MlflowClient()
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
     with tempfile.TemporaryDirectory() as tmp:
         config_yaml = Path(tmp) / "config.yaml"
         config_yaml.write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -83,40 +83,6 @@ def hydra_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def load_weights(model, ckpt_path: Path) -> None:
-    """Start from a checkpoint's weights. Checkpoints are data, never code: weights_only=True, so a
-    file holding a pickled object (which could run code when loaded) is refused before anything in
-    it runs. Every way a file can be unusable ends in one ConfigError line."""
-    import pickle
-    import re
-
-    import torch
-
-    def one_line(e: BaseException) -> str:
-        text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split()).split(". ")[0]  # its first sentence
-        return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
-
-    try:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  the parser of a damaged file can fail in any way (KeyError, ...)
-        message = str(e)
-        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in message \
-                and "Unsupported operand" not in message:
-            found = re.search(r"Unsupported global: GLOBAL [\w.]+", message)
-            raise ConfigError(
-                f"ckpt_path={ckpt_path}: refused: it holds more than plain data "
-                f"({found.group(0) if found else 'a pickled object'}), which could run code when loaded; "
-                "nothing in it was run. Use checkpoints written by this pipeline"
-            ) from e
-        raise ConfigError(f"ckpt_path={ckpt_path}: truncated or corrupt checkpoint file ({one_line(e)})") from e
-    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
-        raise ConfigError(f"ckpt_path={ckpt_path}: not a Lightning checkpoint (no state_dict in it)")
-    try:
-        model.load_state_dict(state["state_dict"])
-    except RuntimeError as e:
-        raise ConfigError(f"ckpt_path={ckpt_path}: its weights do not fit this model ({one_line(e)})") from e
-
-
 def _quiet_framework_noise() -> None:
     """Drop Lightning's advertising tip and a deprecation warning from its own internals."""
     import logging
@@ -172,6 +138,7 @@ def mlflow_run(cfg: DictConfig, processed_dir: Path, out_dir: Path, extra_params
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train, evaluate and record one run; returns the end-of-run metrics (val_full/*, test/*)."""
+    train_called = time.perf_counter()
     check_config(cfg)
     _quiet_framework_noise()
     from mnist_pipeline import launch
@@ -191,6 +158,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
         resumed = resume.find(cfg)
     resume_ckpt = os.environ.get(launch.RESUME_ENV) or (resumed and str(resumed.checkpoint))
+    weights = None
+    if cfg.ckpt_path is not None:
+        from hydra.utils import instantiate
+
+        from mnist_pipeline.checkpoints import read_weights
+
+        weights = read_weights(resolve_path(cfg.ckpt_path), instantiate(cfg.model))
     out_dir = resumed.out_dir if resumed else output_dir(cfg)
 
     stop = StopAtStepBoundary()
@@ -198,13 +172,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if local_procs > 1 and not launch.under_launcher():
             return launch.run_workers(cfg, out_dir, local_procs,
                                       env={launch.RUN_ID_ENV: run_id or "", launch.RESUME_ENV: resume_ckpt or ""})
-        return fit_and_evaluate(cfg, processed_dir, out_dir, run_id, threads, stop, resume_ckpt)
+        return fit_and_evaluate(cfg, processed_dir, out_dir, run_id, threads, stop, resume_ckpt, weights, train_called)
 
 
 def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id: str | None, threads: int,
-                     stop: StopAtStepBoundary, resume_ckpt: str | None = None) -> dict[str, float]:
-    """This process's part of the run: fit (from `resume_ckpt` when resuming), evaluate the best
-    checkpoint, write reports (rank 0)."""
+                     stop: StopAtStepBoundary, resume_ckpt: str | None, weights: dict | None,
+                     train_called: float) -> dict[str, float]:
+    """This process's part of the run: fit (from `resume_ckpt` when resuming, or starting from the
+    checkpoint `weights`), evaluate the best checkpoint, write reports (rank 0)."""
     import pytorch_lightning as pl
     import torch
     from hydra.utils import instantiate
@@ -215,16 +190,18 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
     from mnist_pipeline import reports, tracking
     from mnist_pipeline.checkpoints import AtomicCheckpointIO
     from mnist_pipeline.module import MNISTClassifier
+    from mnist_pipeline.perf import PhaseTimes
     from mnist_pipeline.progress import StepProgressBar
 
     torch.set_num_threads(threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data, processed_dir=str(processed_dir), seed=cfg.seed)
     model = MNISTClassifier(net=instantiate(cfg.model), optimizer=instantiate(cfg.optimizer))
-    if cfg.ckpt_path is not None:
-        load_weights(model, resolve_path(cfg.ckpt_path))
+    if weights is not None:
+        model.net.load_state_dict(weights)
 
     history = reports.HistoryLogger()
+    phases = PhaseTimes(train_called)
     loggers: list = [history]
     if run_id:
         loggers.append(tracking.attach_logger(cfg, run_id, resumed=resume_ckpt is not None))
@@ -236,7 +213,7 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
     trainer = instantiate(
         cfg.trainer,
         logger=loggers,
-        callbacks=[best, last, reports.HistoryInCheckpoint(history), stop, StepProgressBar()],
+        callbacks=[best, last, reports.HistoryInCheckpoint(history), stop, phases, StepProgressBar()],
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,   # the datamodule slices each global batch itself
         check_val_every_n_epoch=None,    # validate every val_check_interval steps, across epochs
@@ -245,14 +222,10 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
         enable_model_summary=False,
         default_root_dir=str(out_dir),
     )
-    started, first_step = time.perf_counter(), 0
     try:
-        if resume_ckpt:
-            first_step = int(torch.load(resume_ckpt, map_location="cpu", weights_only=True)["global_step"])
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_ckpt, weights_only=True)
     except SIGTERMException:  # Lightning's own SIGTERM stop, which would exit with code 0
         raise RunKilled(signal.SIGTERM) from None
-    steps_per_s = (trainer.global_step - first_step) / (time.perf_counter() - started)
     trainer.test(model, datamodule=datamodule, ckpt_path=best.best_model_path or None, verbose=False,
                  weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.split("/")[0] in ("val_full", "test")}
@@ -261,8 +234,9 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
         files = reports.write_reports(reports_dir, metrics, history.history)
         files += diagnostics.write_diagnostics(reports_dir, model.net, *datamodule.splits["test"])
         if run_id:
-            tracking.log_outcome(run_id, cfg, model.net, files, [best.best_model_path, last.best_model_path],
-                                 {"perf/train_steps_per_s": steps_per_s}, trainer.global_step)
+            tracking.log_outcome(run_id, cfg, model.net, files, [best.best_model_path, last.best_model_path])
+            timings = phases.metrics(trainer, datamodule.train_batches.seconds, time.perf_counter())
+            tracking.log_metrics(run_id, timings, trainer.global_step)
     return metrics
 
 

@@ -1,0 +1,223 @@
+"""Benchmark: `make bench` (`python -m mnist_pipeline.bench`). Prints figures; asserts nothing.
+
+In one process, interleaved (bare, pipeline, bare, pipeline, ...; median of the rounds), a bare
+PyTorch loop of the tutorial's CNN on the same in-memory data against the pipeline's own
+`train(cfg)` with its real logger (MLflow on a temporary SQLite store) and default callbacks
+(periodic checkpoints included), for the tutorial protocol and for one epoch without validation.
+The in-process ratio compares training loops, from the first batch to the last periodic validation,
+per-step metric logging included; the pipeline's end of run (full val and test passes,
+checkpoints, reports, model logging) is its own line. Then whole processes (`python -m
+mnist_pipeline.train` against a bare script), and `experiment=full` and `experiment=fast99` once
+each, with fast99's time to 99% validation accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BARE_SCRIPT = r'''
+"""The tutorial as a bare PyTorch script: load the splits, train, evaluate on test, exit."""
+import sys, time, numpy as np, torch
+from torch.nn import functional as F
+from mnist_pipeline.cnn import TfjsCNN
+torch.set_num_threads(int(sys.argv[2])); torch.manual_seed(0)
+d = {n: np.load(f"{sys.argv[1]}/{n}.npz") for n in ("train", "val", "test")}
+x, y = torch.from_numpy(d["train"]["images"]), torch.from_numpy(d["train"]["labels"])
+vx = torch.from_numpy(d["val"]["images"][:1000]).unsqueeze(1).float() / 255
+vy = torch.from_numpy(d["val"]["labels"][:1000])
+net = TfjsCNN(); opt = torch.optim.SGD(net.parameters(), lr=0.15)
+perm = torch.randperm(len(y))
+for step in range(100):
+    idx = perm[step * 64:(step + 1) * 64]
+    loss = F.cross_entropy(net(x[idx].unsqueeze(1).float() / 255), y[idx])
+    opt.zero_grad(); loss.backward(); opt.step()
+    if (step + 1) % 5 == 0:
+        with torch.inference_mode():
+            vacc = (net(vx).argmax(1) == vy).float().mean()
+with torch.inference_mode():
+    tx = torch.from_numpy(d["test"]["images"]).unsqueeze(1).float() / 255
+    acc = (net(tx).argmax(1) == torch.from_numpy(d["test"]["labels"])).float().mean().item()
+print(f"test/acc {acc:.4f}")
+'''
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load_splits(processed: Path):
+    import numpy as np
+    import torch
+
+    out = {}
+    for name in ("train", "val", "test"):
+        with np.load(processed / f"{name}.npz") as npz:
+            out[name] = (torch.from_numpy(npz["images"]), torch.from_numpy(npz["labels"]).long())
+    return out
+
+
+def bare_loop(splits, steps: int, val_every: int | None, seed: int = 0) -> float:
+    """The tutorial in plain PyTorch, same data and sampling; seconds from the first batch to the
+    last validation (or the last step)."""
+    import torch
+    from torch.nn import functional as F
+
+    from mnist_pipeline.cnn import TfjsCNN
+
+    torch.manual_seed(seed)
+    images, labels = splits["train"]
+    val_x = splits["val"][0][:1000].unsqueeze(1).float().div_(255)
+    val_y = splits["val"][1][:1000]
+    net = TfjsCNN()
+    opt = torch.optim.SGD(net.parameters(), lr=0.15)
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(labels), generator=gen)
+    started = time.perf_counter()
+    for step in range(steps):
+        idx = perm[(step % (len(labels) // 64)) * 64 : (step % (len(labels) // 64) + 1) * 64]
+        x = images[idx].unsqueeze(1).float().div_(255)
+        logits = net(x)
+        loss = F.cross_entropy(logits, labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        train_acc = (logits.argmax(1) == labels[idx]).float().mean()  # what the pipeline logs
+        float(loss), float(train_acc)
+        if val_every and (step + 1) % val_every == 0:
+            net.eval()
+            with torch.inference_mode():
+                val_logits = net(val_x)
+                float(F.cross_entropy(val_logits, val_y)), float((val_logits.argmax(1) == val_y).float().mean())
+            net.train()
+    return time.perf_counter() - started
+
+
+def pipeline_run(processed: Path, tmp: Path, overrides: list[str]) -> dict[str, float]:
+    """`train(cfg)` with MLflow on a fresh SQLite store; its perf/* metrics and results."""
+    from mlflow.tracking import MlflowClient
+
+    from mnist_pipeline.config import compose
+    from mnist_pipeline.train import train
+
+    run_dir = Path(tempfile.mkdtemp(dir=tmp))
+    uri = f"sqlite:///{run_dir}/mlflow.db"
+    results = train(compose([f"paths.processed_dir={processed}", f"logger.tracking_uri={uri}",
+                             f"paths.output_dir={run_dir}/out", *overrides]))
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
+    return {**run.data.metrics, **results, "_run_id": run.info.run_id, "_uri": uri}
+
+
+def time_to(client_uri: str, run_id: str, key: str, threshold: float, loop_s: float, steps_per_s: float) -> float | None:
+    """Seconds of training until `key` first reached `threshold` (from the steps it was logged at)."""
+    from mlflow.tracking import MlflowClient
+
+    for m in sorted(MlflowClient(client_uri).get_metric_history(run_id, key), key=lambda m: m.step):
+        if m.value >= threshold:
+            return m.step / steps_per_s
+    return None
+
+
+def whole_process(cmd: list[str], env: dict) -> float:
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
+    return time.perf_counter() - started
+
+
+def row(name: str, seconds: float, samples: int, rss: float | None, ratio: float | None) -> str:
+    rss_text = f"{rss:7.0f}" if rss else "      -"
+    ratio_text = f"{ratio:5.2f}" if ratio else "    -"
+    return f"| {name:<46} | {seconds:8.3f} | {samples / seconds:10.0f} | {rss_text} | {ratio_text} |"
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torch
+
+    parser = argparse.ArgumentParser(prog="python -m mnist_pipeline.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--processed-dir", default="data/processed")
+    parser.add_argument("--skip-presets", action="store_true", help="only the interleaved comparisons")
+    args = parser.parse_args(argv)
+
+    from mnist_pipeline.config import resolve_path
+    from mnist_pipeline.datamodule import check_processed
+
+    processed = resolve_path(args.processed_dir)
+    check_processed(processed)
+    torch.set_num_threads(args.threads)
+    splits = load_splits(processed)
+    common = [f"threads={args.threads}"]
+    print(f"threads: {args.threads} (torch {torch.__version__}, {os.cpu_count()} cores), rounds: {args.rounds}, "
+          f"machine: {os.uname().machine} {os.uname().nodename}")
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        pipeline_run(processed, tmp, [*common, "trainer.max_steps=10"])  # warm-up: imports, first-call costs
+        bare_loop(splits, 10, 5)
+        table = ["| what | seconds | samples/s | peak RSS MB | pipeline/bare |", "|---|---|---|---|---|"]
+        protocols = {
+            "tutorial: 100 steps + 20 validations of 1000": (100, 5, ["experiment=tutorial"]),
+            "one epoch (859 steps of 64), no validation": (859, None, ["trainer.max_steps=859",
+                                                                        "trainer.val_check_interval=100000"]),
+        }
+        end_of_run = []
+        for name, (steps, val_every, overrides) in protocols.items():
+            bare, pipe, data = [], [], []
+            for _ in range(args.rounds):
+                bare.append(bare_loop(splits, steps, val_every))
+                run = pipeline_run(processed, tmp, [*common, *overrides])
+                pipe.append(run["perf/train_loop_s"])
+                data.append(run["perf/data_fraction"])
+                end_of_run.append(run["perf/end_of_run_s"])
+            b, p = statistics.median(bare), statistics.median(pipe)
+            table.append(row(f"{name}, bare loop", b, steps * 64, None, None))
+            table.append(row(f"{name}, pipeline", p, steps * 64, peak_rss_mb(), p / b))
+            print(f"  {name}: data time {100 * statistics.median(data):.2f}% of the pipeline's loop", flush=True)
+        print(f"  pipeline end of run (full val + test, checkpoints, reports, model): "
+              f"median {statistics.median(end_of_run):.2f} s", flush=True)
+        print("\n".join(table), flush=True)
+
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/proc/mlflow.db"}
+        (tmp / "bare.py").write_text(BARE_SCRIPT)
+        bare_cmd = [sys.executable, str(tmp / "bare.py"), str(processed), str(args.threads)]
+        pipe_cmd = [sys.executable, "-m", "mnist_pipeline.train", f"paths.processed_dir={processed}", *common]
+        bare_p, pipe_p = [], []
+        for i in range(3):
+            bare_p.append(whole_process(bare_cmd, env))
+            pipe_p.append(whole_process([*pipe_cmd, f"hydra.run.dir={tmp}/proc/run{i}"], env))
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+        last = client.search_runs([client.get_experiment_by_name("mnist").experiment_id],
+                                  order_by=["attributes.start_time DESC"], max_results=1)[0].data.metrics
+        total = statistics.median(pipe_p)
+        parts = {k: last[f"perf/{k}_s"] for k in ("startup", "setup", "train_loop", "end_of_run")}
+        parts["exit"] = total - sum(parts.values())
+        print(f"\nwhole process, tutorial preset: bare script {statistics.median(bare_p):.2f} s, pipeline "
+              f"{total:.2f} s, ratio {total / statistics.median(bare_p):.2f}")
+        print("  breakdown (last run): " + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items()), flush=True)
+
+        if not args.skip_presets:
+            for preset, threshold in (("full", 0.99), ("fast99", 0.99)):
+                started = time.perf_counter()
+                run = pipeline_run(processed, tmp, [*common, f"experiment={preset}"])
+                wall = time.perf_counter() - started
+                t99 = time_to(run["_uri"], run["_run_id"], "val/acc", threshold, run["perf/train_loop_s"],
+                              run["perf/train_steps_per_s"])
+                print(f"experiment={preset}: test/acc {run['test/acc']:.4f}, val_full/acc {run['val_full/acc']:.4f}, "
+                      f"training loop {run['perf/train_loop_s']:.1f} s, whole run {wall:.1f} s, time to 99% "
+                      f"val/acc: {'not reached' if t99 is None else f'{t99:.1f} s'}, peak RSS {peak_rss_mb():.0f} MB",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
