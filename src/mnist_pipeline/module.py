@@ -71,11 +71,13 @@ class MNISTClassifier(pl.LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         step = self.global_step + 1
-        if not torch.isfinite(loss):
-            raise DivergedError(step, loss.item())
+        distributed = self.trainer.world_size > 1
+        checked = self.trainer.strategy.reduce(loss.detach()) if distributed else loss
+        if not torch.isfinite(checked):  # every process sees the same reduced value: all stop together
+            raise DivergedError(step, checked.item())
         # Equal slices of the global batch on every process: the mean of the means is the global mean.
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)
-        self.log("train/acc", self.train_acc(logits, y), on_step=True, on_epoch=False, sync_dist=True)
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, sync_dist=distributed)
+        self.log("train/acc", self.train_acc(logits, y), on_step=True, on_epoch=False, sync_dist=distributed)
         self.log("step", float(step), on_step=True, on_epoch=False)
         return loss
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
 
@@ -9,6 +11,8 @@ from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
 class StepProgressBar(TQDMProgressBar):
     """Lightning's bar restarts every epoch and counts batches; a step-based run (`max_steps`,
     validation every N steps) reads better as one bar from step 1 to `max_steps`."""
+
+    _last_draw = 0.0
 
     def on_train_epoch_start(self, trainer, *_) -> None:
         bar = self.train_progress_bar
@@ -19,7 +23,10 @@ class StepProgressBar(TQDMProgressBar):
             bar.set_description("step")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._should_update(trainer.global_step, trainer.max_steps):
+        # Redraw at most 10 times a second: a redraw (and reading the metrics) costs more than a step.
+        now = time.monotonic()
+        if now - self._last_draw >= 0.1 or trainer.global_step == trainer.max_steps:
+            self._last_draw = now
             self.train_progress_bar.n = trainer.global_step
             self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))  # refreshes
 

@@ -52,6 +52,9 @@ class HistoryInCheckpoint(Callback):
             return  # evaluating a checkpoint must not rewind the history
         self.logger.history.clear()
         self.logger.history.update({key: [tuple(p) for p in points] for key, points in checkpoint["history"].items()})
+        for logger in trainer.loggers:  # MLflow: send what the killed process had not sent yet
+            if hasattr(logger, "backfill"):
+                logger.backfill(self.logger.history)
 
 
 def _curve_table(history: History, prefix: str) -> list[dict]:

@@ -128,9 +128,11 @@ def process_state(tags: dict[str, str], host: str | None = None) -> Verdict:
 
 class BufferedMLFlowLogger(MLFlowLogger):
     """Lightning's MLFlowLogger, but per-step metrics are kept and sent in one `log_batch` every
-    `flush_every_n_steps` steps and at every checkpoint (one SQLite transaction costs ~5 ms: one per
-    step would cost more than the step). It leaves the run's final status to the caller, which
-    knows why the run ended."""
+    `flush_every_n_steps` steps and at the end (one SQLite transaction costs ~5 ms: one per step
+    would cost more than the step). Points lost by a crash are not lost: every checkpoint holds the
+    whole history (reports.HistoryInCheckpoint), and a resumed run sends what MLflow lacks
+    (`backfill`) and skips what it has. The run's final status is left to the caller, which knows
+    why the run ended."""
 
     def __init__(self, *, flush_every_n_steps: int = 50, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -140,12 +142,25 @@ class BufferedMLFlowLogger(MLFlowLogger):
         self.logged_until: dict[str, int] = {}  # a resumed run: points MLflow already holds
 
     def skip_logged_points(self) -> None:
-        """Resuming from a checkpoint older than the last flush: do not send those steps twice."""
+        """A resumed run: note the last step MLflow holds of each curve, not to send it twice."""
         client = self.experiment
         for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
             history = client.get_metric_history(self.run_id, key)
             if history:
                 self.logged_until[key] = max(m.step for m in history)
+
+    @rank_zero_only
+    def backfill(self, history: dict[str, list[tuple[int, float]]]) -> None:
+        """A resumed run: send the checkpoint's points that MLflow lacks (logged, not yet flushed,
+        when the process died)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        for key, points in history.items():
+            missing = [(step, value) for step, value in points if step > self.logged_until.get(key, -1)]
+            self._pending += [Metric(key=key, value=value, timestamp=now, step=step) for step, value in missing]
+            if missing:
+                self.logged_until[key] = max(step for step, _ in missing)
 
     @rank_zero_only
     def log_metrics(self, metrics, step=None) -> None:
@@ -165,9 +180,6 @@ class BufferedMLFlowLogger(MLFlowLogger):
         pending, self._pending = self._pending, []
         for i in range(0, len(pending), 1000):  # MLflow's limit per batch
             self.experiment.log_batch(self.run_id, metrics=pending[i : i + 1000])
-
-    def after_save_checkpoint(self, checkpoint_callback) -> None:
-        self.flush()
 
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
