@@ -43,3 +43,26 @@ def test_variance_scaling_init_matches_tfjs():
         tolerance = 0.15 if w.numel() < 1000 else 0.05
         assert abs(w.std().item() / std - 0.88) < tolerance
         assert torch.all(layer.bias == 0)
+
+
+def test_fast99_preset_composes_a_wider_cnn_with_a_one_cycle_schedule():
+    from mnist_pipeline.cnn import FastCNN
+
+    cfg = compose("experiment=fast99")
+    assert cfg.model._target_ == "mnist_pipeline.cnn.FastCNN" and cfg.data.batch_size == 256
+    assert cfg.scheduler._target_ == "torch.optim.lr_scheduler.OneCycleLR"
+    assert cfg.scheduler.total_steps == cfg.trainer.max_steps and cfg.trainer.max_steps % cfg.trainer.val_check_interval == 0
+    assert FastCNN()(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_a_scheduled_preset_trains_and_moves_the_learning_rate(processed, tmp_path):
+    from conftest import tiny_overrides
+    from mnist_pipeline.train import train
+
+    cfg = compose(*tiny_overrides(processed, tmp_path / "s", tmp_path / "o"), "experiment=fast99", "logger=none",
+                  "data.batch_size=64", "trainer.max_steps=10", "trainer.val_check_interval=5")
+    metrics = train(cfg)
+    assert 0 <= metrics["test/acc"] <= 1
+    last = torch.load(tmp_path / "o" / "checkpoints" / "last.ckpt", weights_only=True)
+    (scheduler,) = last["lr_schedulers"]
+    assert scheduler["last_epoch"] == 10 and scheduler["_last_lr"][0] < cfg.optimizer.lr / 10

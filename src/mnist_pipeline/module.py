@@ -32,10 +32,12 @@ class DivergedError(RuntimeError):
 
 
 class MNISTClassifier(pl.LightningModule):
-    def __init__(self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer]) -> None:
+    def __init__(self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
+                 scheduler: Callable | None = None) -> None:
         super().__init__()
         self.net = net
         self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler  # stepped every optimizer step (e.g. OneCycleLR)
         self.train_acc = MulticlassAccuracy(num_classes=10, average="micro")
         self.val_loss, self.val_acc = MeanMetric(), MulticlassAccuracy(num_classes=10, average="micro")
         self.eval_loss = nn.ModuleList(MeanMetric() for _ in EVAL_SETS)
@@ -63,8 +65,12 @@ class MNISTClassifier(pl.LightningModule):
         np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
         random.setstate(rng["python"])
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(params=self.parameters())
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch

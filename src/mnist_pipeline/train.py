@@ -196,7 +196,8 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
     torch.set_num_threads(threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data, processed_dir=str(processed_dir), seed=cfg.seed)
-    model = MNISTClassifier(net=instantiate(cfg.model), optimizer=instantiate(cfg.optimizer))
+    model = MNISTClassifier(net=instantiate(cfg.model), optimizer=instantiate(cfg.optimizer),
+                            scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None)
     if weights is not None:
         model.net.load_state_dict(weights)
 
