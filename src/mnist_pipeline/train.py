@@ -21,7 +21,6 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_pipeline.config import ConfigError, config_source, project_root, refresh_params_file, resolve_path
-from mnist_pipeline.stopping import RunKilled, StopAtStepBoundary, signals_end_runs
 
 SELECTION_METRIC = "val_full/acc"
 
@@ -104,6 +103,7 @@ def mlflow_run(cfg: DictConfig, processed_dir: Path, out_dir: Path, extra_params
     """
     from mnist_pipeline import launch, tracking
     from mnist_pipeline.module import DivergedError
+    from mnist_pipeline.stopping import RunKilled
 
     if not cfg.logger.enabled or launch.global_rank() != 0:
         yield None
@@ -167,6 +167,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         weights = read_weights(resolve_path(cfg.ckpt_path), instantiate(cfg.model))
     out_dir = resumed.out_dir if resumed else output_dir(cfg)
 
+    from mnist_pipeline.stopping import StopAtStepBoundary, signals_end_runs
+
     stop = StopAtStepBoundary()
     with signals_end_runs(stop), mlflow_run(cfg, processed_dir, out_dir, extra_params, resumed) as run_id:
         if local_procs > 1 and not launch.under_launcher():
@@ -176,7 +178,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id: str | None, threads: int,
-                     stop: StopAtStepBoundary, resume_ckpt: str | None, weights: dict | None,
+                     stop, resume_ckpt: str | None, weights: dict | None,
                      train_called: float) -> dict[str, float]:
     """This process's part of the run: fit (from `resume_ckpt` when resuming, or starting from the
     checkpoint `weights`), evaluate the best checkpoint, write reports (rank 0)."""
@@ -191,6 +193,7 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
     from mnist_pipeline.checkpoints import AtomicCheckpointIO
     from mnist_pipeline.module import MNISTClassifier
     from mnist_pipeline.perf import PhaseTimes
+    from mnist_pipeline.stopping import RunKilled
     from mnist_pipeline.progress import StepProgressBar
 
     torch.set_num_threads(threads)
@@ -256,6 +259,7 @@ def main(cfg: DictConfig) -> float:
 
     from mnist_pipeline.launch import WorkersFailed
     from mnist_pipeline.module import DivergedError
+    from mnist_pipeline.stopping import RunKilled
 
     try:
         return train(cfg)[SELECTION_METRIC]
