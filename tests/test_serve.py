@@ -116,6 +116,9 @@ def test_serve_without_a_champion_says_what_to_do(trained_real):
 
 
 def test_make_serve_target_runs_the_serve_command():
-    dry = subprocess.run(["make", "-n", "serve"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    # Run from `make test` too: a nested make must not add its "Entering directory" lines.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "serve"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=30, env=env)
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.strip().splitlines()[-1].strip() == "python -m mnist_pipeline.serve"
