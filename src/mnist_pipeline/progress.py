@@ -43,4 +43,6 @@ class StepProgressBar(TQDMProgressBar):
     def get_metrics(self, trainer, pl_module) -> dict:
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
+        if "train/loss" in getattr(pl_module, "last_train", {}):  # logged outside self.log (module.py)
+            metrics = {"train/loss": f"{pl_module.last_train['train/loss']:.3g}", **metrics}
         return metrics
