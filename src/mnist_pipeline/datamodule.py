@@ -36,11 +36,8 @@ def processed_sha256(processed_dir: str | Path) -> str:
     """One digest naming the exact data a run saw: sha256 over the split files' own sha256s."""
     outer = hashlib.sha256()
     for name, path in split_files(processed_dir).items():
-        inner = hashlib.sha256()
         with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                inner.update(chunk)
-        outer.update(f"{name}:{inner.hexdigest()}\n".encode())
+            outer.update(f"{name}:{hashlib.file_digest(f, 'sha256').hexdigest()}\n".encode())
     return outer.hexdigest()
 
 

@@ -82,9 +82,10 @@ def check_same_config(cfg, run) -> None:
 
     logged = run.data.params
     layout = ("threads", "world_size")  # the machine's share, logged as used: may differ on resume
-    differ = sorted(k for k, v in flat_params(cfg).items() if k in logged and logged[k] != v and k not in layout)
+    now = flat_params(cfg)
+    differ = sorted(k for k, v in now.items() if k in logged and logged[k] != v and k not in layout)
     if differ:
-        shown = ", ".join(f"{k}={logged[k]} (now {flat_params(cfg)[k]})" for k in differ[:5])
+        shown = ", ".join(f"{k}={logged[k]} (now {now[k]})" for k in differ[:5])
         raise ConfigError(f"resume with the run's own settings: {shown}")
 
 
