@@ -16,6 +16,7 @@ def _batches(n=640, batch=64, seed=0, rank=0, world=1, start=0):
 def test_global_batches_are_split_across_processes_identically():
     single = [y for _, y in _batches()]
     assert len(single) == 10 and all(len(y) == 64 for y in single)
+    assert all(torch.equal(y, _batches().global_batch(k)) for k, y in enumerate(single))
     for world in (2, 4):
         per_rank = [[y for _, y in _batches(rank=r, world=world)] for r in range(world)]
         for step in range(10):
@@ -71,3 +72,20 @@ def test_datamodule_loads_splits_and_fixes_the_val_subset(processed):
 def test_missing_processed_data_names_the_fix(tmp_path):
     with pytest.raises(ConfigError, match="dvc repro split"):
         MNISTDataModule(str(tmp_path)).setup("fit")
+
+
+def test_the_whole_dataset_moves_to_the_training_device(processed):
+    """On a GPU every batch must come from device memory, with no host-to-device copy per step.
+    The `meta` device stands in for a GPU here: a tensor that ever passed through the CPU path
+    would be on `cpu`."""
+    from types import SimpleNamespace
+
+    dm = MNISTDataModule(str(processed), batch_size=64, val_subset_size=100, eval_batch_size=50, seed=0)
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")),
+                                 global_rank=0, world_size=1, global_step=0)
+    dm.setup("fit")
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.device.type == y.device.type == "meta" and x.shape == (64, 1, 28, 28)
+    assert all(t.device.type == "meta" for t in next(iter(dm.val_dataloader())))
+    assert all(t.device.type == "meta" for loader in dm.test_dataloader() for t in next(iter(loader)))
+    assert dm.splits["test"][0].device.type == "cpu"  # the host copy, for reports

@@ -1,7 +1,8 @@
 """Atomic file writes: a reader (or a kill at any moment) sees the old file or the whole new one.
 
-Data goes to a hidden temp file in the destination folder, is flushed to disk, then renamed over
-the destination (`os.replace` is atomic on POSIX within one file system).
+Data goes to a hidden temp file in the destination folder, is flushed to disk (unless the caller
+says the file need not survive a power cut), then renamed over the destination (`os.replace` is
+atomic on POSIX within one file system).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ TEMP_SUFFIX = ".part"
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Open a temp file next to `path`; on a clean exit it replaces `path`, on any error it is removed."""
+def atomic_write(path: str | os.PathLike, mode: str = "wb", durable: bool = True) -> Iterator[IO]:
+    """Open a temp file next to `path`; on a clean exit it replaces `path`, on any error it is removed.
+    durable=False skips the fsync: the file is still whole or absent after a kill of the process
+    (the page cache outlives it), but a power cut may lose its newest version."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
@@ -26,7 +29,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it a normal file's mode
         os.replace(tmp, path)
     except BaseException:

@@ -67,24 +67,24 @@ class TrainBatches:
     def global_batch(self, step: int) -> torch.Tensor:
         """Indices of the whole global batch of (0-based) step `step`."""
         epoch, pos = divmod(step, self.steps_per_epoch)
-        perm = self._permutation(epoch)
-        return perm[pos * self.batch_size : (pos + 1) * self.batch_size]
+        return self._permutation(epoch)[pos * self.batch_size : (pos + 1) * self.batch_size]
 
     def _permutation(self, epoch: int) -> torch.Tensor:
-        if getattr(self, "_perm_epoch", None) != epoch:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = torch.randperm(len(self.labels), generator=gen)
-            self._perm_epoch = epoch
-        return self._perm
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.labels), generator=gen)
 
     def __iter__(self):
         start = self.start_step()
         epoch, pos = divmod(start, self.steps_per_epoch)
         per_rank = self.batch_size // self.world_size
-        for step in range(epoch * self.steps_per_epoch + pos, (epoch + 1) * self.steps_per_epoch):
+        started = time.perf_counter()
+        perm = self._permutation(epoch).to(self.labels.device)
+        self.seconds += time.perf_counter() - started
+        for first in range(pos * self.batch_size, self.steps_per_epoch * self.batch_size, self.batch_size):
             started = time.perf_counter()
-            idx = self.global_batch(step)[self.rank * per_rank : (self.rank + 1) * per_rank]
-            batch = _as_input(self.images[idx]), self.labels[idx]
+            idx = perm[first + self.rank * per_rank : first + (self.rank + 1) * per_rank]
+            # index_select: ~4 us for 64 images; `images[idx]` (advanced indexing) takes ~19 us.
+            batch = _as_input(self.images.index_select(0, idx)), self.labels.index_select(0, idx)
             self.seconds += time.perf_counter() - started
             yield batch
 
@@ -125,19 +125,24 @@ class MNISTDataModule(pl.LightningDataModule):
         self.val_subset_size = val_subset_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed
-        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # on the CPU
+        self.on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # where the model trains
         self._restored_step = 0
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:
-            return
-        check_processed(self.processed_dir)
-        for name, path in split_files(self.processed_dir).items():
-            with np.load(path) as npz:
-                self.splits[name] = (torch.from_numpy(npz["images"]), torch.from_numpy(npz["labels"]).long())
-        n_val = len(self.splits["val"][1])
-        if not 0 < self.val_subset_size <= n_val:
-            raise ConfigError(f"data.val_subset_size must be between 1 and {n_val}, got {self.val_subset_size}")
+        if not self.splits:
+            check_processed(self.processed_dir)
+            for name, path in split_files(self.processed_dir).items():
+                with np.load(path) as npz:
+                    self.splits[name] = (torch.from_numpy(npz["images"]), torch.from_numpy(npz["labels"]).long())
+            n_val = len(self.splits["val"][1])
+            if not 0 < self.val_subset_size <= n_val:
+                raise ConfigError(f"data.val_subset_size must be between 1 and {n_val}, got {self.val_subset_size}")
+        # The whole dataset (55 MB) lives on the training device: on a GPU no batch is copied from
+        # the host, and the loaders below hand out slices of device memory.
+        trainer = self._trainer_or_none()
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        self.on_device = {name: (x.to(device), y.to(device)) for name, (x, y) in self.splits.items()}
 
     # -- process layout -------------------------------------------------------------------------
     def _rank_world(self) -> tuple[int, int]:
@@ -156,16 +161,22 @@ class MNISTDataModule(pl.LightningDataModule):
         rank, world = self._rank_world()
         if self.batch_size % world:
             raise ConfigError(f"data.batch_size={self.batch_size} does not divide across {world} processes")
-        images, labels = self.splits["train"]
+        images, labels = self.on_device["train"]
         self.train_batches = TrainBatches(images, labels, self.batch_size, self.seed, rank, world, self._global_step)
         return self.train_batches
 
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """Every batch is (images, labels), made on the training device already (see setup): a plain
+        `.to`, a no-op, instead of Lightning's generic walk through the batch (~0.08 ms a step)."""
+        x, y = batch
+        return x.to(device), y.to(device)
+
     def val_subset(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The fixed, seeded `val_subset_size` images of every periodic validation."""
-        images, labels = self.splits["val"]
+        images, labels = self.on_device["val"]
         gen = torch.Generator().manual_seed(self.seed)
         idx = torch.randperm(len(labels), generator=gen)[: self.val_subset_size].sort().values
-        return images[idx], labels[idx]
+        return images[idx.to(labels.device)], labels[idx.to(labels.device)]
 
     def val_dataloader(self) -> EvalBatches:
         return EvalBatches(*self.val_subset(), self.eval_batch_size, *self._rank_world())
@@ -173,7 +184,7 @@ class MNISTDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> list[EvalBatches]:
         """Two sets, in this order: the whole val split, then the test split."""
         rank, world = self._rank_world()
-        return [EvalBatches(*self.splits[name], self.eval_batch_size, rank, world) for name in ("val", "test")]
+        return [EvalBatches(*self.on_device[name], self.eval_batch_size, rank, world) for name in ("val", "test")]
 
     # -- checkpointed state -----------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -134,7 +134,7 @@ class BufferedMLFlowLogger(MLFlowLogger):
     (`backfill`) and skips what it has. The run's final status is left to the caller, which knows
     why the run ended."""
 
-    def __init__(self, *, flush_every_n_steps: int = 50, **kwargs) -> None:
+    def __init__(self, *, flush_every_n_steps: int = 200, **kwargs) -> None:
         super().__init__(**kwargs)
         self.flush_every_n_steps = flush_every_n_steps
         self._pending: list = []
