@@ -55,6 +55,18 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
+def write_png(path: str | os.PathLike, fig) -> None:
+    """A matplotlib figure as a PNG file; the figure is closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+
+
 def remove_stale_temps(folder: str | os.PathLike) -> None:
     """Delete temp files a killed writer left behind (SIGKILL skips every cleanup)."""
     folder = Path(folder)

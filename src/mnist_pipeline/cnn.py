@@ -9,6 +9,12 @@ from torch import nn
 from torch.nn import functional as F
 
 
+def as_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, 28, 28) -> the networks' input, float (N, 1, 28, 28) in [0, 1], as the
+    tutorial scales pixels. Training, evaluation and the reports all scale through here."""
+    return images.unsqueeze(1).float().div_(255.0)
+
+
 def variance_scaling_(weight: torch.Tensor, fan_in: int) -> torch.Tensor:
     """TF.js's default VarianceScaling (scale 1, fan_in, 'normal'): a normal of std sqrt(1/fan_in)
     truncated at two std, without Keras's re-scaling, so the sample std is ~0.88 sqrt(1/fan_in)."""

@@ -13,7 +13,8 @@ import math
 import sys
 from pathlib import Path
 
-SELECTION = "val_full/acc"
+from mnist_pipeline.models import DEFAULT_MODEL_NAME, SELECTION, store_args
+
 SHORT = {"optimizer.lr": "lr", "data.batch_size": "batch"}
 
 
@@ -21,17 +22,10 @@ class CompareError(RuntimeError):
     pass
 
 
-def store_args(parser: argparse.ArgumentParser) -> None:
-    """The flags every non-training command shares to find the store (as training does)."""
-    parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else the repo's mlruns/)")
-    parser.add_argument("--experiment", default="mnist", help="MLflow experiment (default: mnist)")
-
-
 def find_sweep(client, experiment_id: str, name: str | None):
     """The parent run of the sweep called `name`, or of the newest sweep."""
-    query = "tags.sweep != ''" if name is None else f"tags.sweep = '{name}'"
-    parents = [r for r in client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"])
-               if "mlflow.parentRunId" not in r.data.tags]
+    query = ("tags.sweep != ''" if name is None else f"tags.sweep = '{name}'") + " and tags.`mlflow.parentRunId` IS NULL"
+    parents = client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
     if not parents:
         raise CompareError(f"no sweep named {name!r}" if name else "no sweep in this experiment yet: run "
                            "`python -m mnist_pipeline.train -m optimizer.lr=0.05,0.15` first")
@@ -81,21 +75,16 @@ def format_table(table: list[dict]) -> str:
 
 
 def plot(table: list[dict], swept: list[str], out_dir: Path) -> list[Path]:
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from mnist_pipeline.atomic import write_bytes
+    from mnist_pipeline.atomic import write_png
 
     def save(fig, name: str) -> Path:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        write_bytes(out_dir / name, buf.getvalue())
+        write_png(out_dir / name, fig)
         return out_dir / name
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -131,15 +120,13 @@ def plot(table: list[dict], swept: list[str], out_dir: Path) -> list[Path]:
 
 def compare(tracking_uri: str | None, experiment: str, sweep: str | None, out: str | None) -> tuple[str, list[Path], str]:
     """(the table as text, the pictures, the parent run's id)."""
-    from mlflow.tracking import MlflowClient
-
     from mnist_pipeline import tracking
     from mnist_pipeline.config import project_root
 
-    uri = tracking.use_store(tracking_uri)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise CompareError(f"no MLflow store at {uri.removeprefix('sqlite:///')}: train something first")
-    client = MlflowClient(uri)
+    try:
+        client, uri = tracking.open_store(tracking_uri)
+    except tracking.NoStore as e:
+        raise CompareError(f"{e}: train something first") from None
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise CompareError(f"no experiment {experiment!r} in {uri}: train something first")
@@ -165,8 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="folder for the pictures (default: outputs/compare/<parent run id>)")
     parser.add_argument("--promote", action="store_true", help="register the sweep's best run's model and make it "
                         "the champion (as `python -m mnist_pipeline.promote --sweep NAME`)")
-    parser.add_argument("--model-name", default="mnist-cnn", help="with --promote: the registered model (default: "
-                        "mnist-cnn)")
+    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="with --promote: the registered model "
+                        f"(default: {DEFAULT_MODEL_NAME})")
     args = parser.parse_args(argv)
     try:
         text, pictures, parent_run_id = compare(args.tracking_uri, args.experiment, args.sweep, args.out)

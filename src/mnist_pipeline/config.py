@@ -59,18 +59,9 @@ def refresh_params_file() -> None:
     from mnist_pipeline.atomic import write_text
 
     path = project_root() / PARAMS_FILE
-    with initialize_config_dir_(str(project_root() / "conf")):
-        from hydra import compose as hydra_compose
-
-        fresh = OmegaConf.to_container(hydra_compose("config"), resolve=True)  # as DVC writes it
+    fresh = OmegaConf.to_container(compose(), resolve=True)  # conf/ (not in an experiment), as DVC writes it
     if not path.is_file() or OmegaConf.to_container(OmegaConf.load(path)) != fresh:
         write_text(path, OmegaConf.to_yaml(fresh))
-
-
-def initialize_config_dir_(folder: str):
-    from hydra import initialize_config_dir
-
-    return initialize_config_dir(config_dir=folder, version_base="1.3")
 
 
 def resolve_path(path: str | os.PathLike) -> Path:
@@ -79,12 +70,18 @@ def resolve_path(path: str | os.PathLike) -> Path:
     return path if path.is_absolute() else project_root() / path
 
 
+def reports_dir(cfg: DictConfig, out_dir: Path) -> Path:
+    """Where a run's metrics.json and plots go: `paths.reports_dir`, else the run's output folder."""
+    return resolve_path(cfg.paths.reports_dir) if cfg.paths.reports_dir else out_dir
+
+
 def compose(overrides: list[str] | None = None) -> DictConfig:
     """The composed config, for stages run as plain commands (`python -m ... key=value`)."""
     from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     folder, name = config_source()
-    with initialize_config_dir_(folder):
+    with initialize_config_dir(config_dir=folder, version_base="1.3"):
         return hydra_compose(name, overrides=list(overrides or []))
 
 

@@ -12,13 +12,13 @@ Every write is atomic. `evaluate.py` computes its per-class table from the same 
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mnist_pipeline.atomic import write_bytes, write_text
+from mnist_pipeline.atomic import write_png, write_text
+from mnist_pipeline.cnn import as_input
 
 CLASSES = 10
 GRID_ROWS, GRID_COLS = 4, 8
@@ -34,7 +34,7 @@ def outputs(net: torch.nn.Module, images_uint8: torch.Tensor, batch_size: int = 
     net.eval()
     try:
         with torch.inference_mode():
-            chunks = [net(images_uint8[i : i + batch_size].to(device).unsqueeze(1).float().div(255.0)).float().cpu()
+            chunks = [net(as_input(images_uint8[i : i + batch_size].to(device))).float().cpu()
                       for i in range(0, len(images_uint8), batch_size)]
     finally:
         net.train(was_training)
@@ -74,16 +74,7 @@ def confident_errors(probs: torch.Tensor, labels: torch.Tensor, k: int) -> list[
     return wrong[order][:k].tolist()
 
 
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def plot_confusion(matrix: np.ndarray, title: str = "test set") -> bytes:
+def plot_confusion(matrix: np.ndarray, title: str = "test set"):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,10 +100,10 @@ def plot_confusion(matrix: np.ndarray, title: str = "test set") -> bytes:
                title=f"Confusion matrix, {name}")
     accuracy = np.trace(matrix) / max(1, matrix.sum())
     fig.suptitle(f"{title}: {matrix.sum()} images, accuracy {accuracy:.4f}")
-    return _png(fig)
+    return fig
 
 
-def plot_errors(images_uint8, labels, probs: torch.Tensor, indices: list[int], n_wrong: int) -> bytes:
+def plot_errors(images_uint8, labels, probs: torch.Tensor, indices: list[int], n_wrong: int):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,7 +119,7 @@ def plot_errors(images_uint8, labels, probs: torch.Tensor, indices: list[int], n
                      color="crimson")
     shown = f"the {len(indices)} most confident" if indices else "no"
     fig.suptitle(f"Test images classified wrongly: {shown} of {n_wrong} mistakes in {len(labels)} images")
-    return _png(fig)
+    return fig
 
 
 def write_from_probs(reports_dir: Path, images_uint8, labels, probs: torch.Tensor) -> list[Path]:
@@ -140,9 +131,9 @@ def write_from_probs(reports_dir: Path, images_uint8, labels, probs: torch.Tenso
     rows = "".join(f"{a},{p}\n" for a, p in zip(labels.tolist(), predicted.tolist()))
     n_wrong = int((predicted != labels).sum())
     errors = confident_errors(probs, labels, GRID_ROWS * GRID_COLS)
-    write_bytes(plots / FILES[0], plot_confusion(matrix))
+    write_png(plots / FILES[0], plot_confusion(matrix))
     write_text(plots / FILES[1], "actual,predicted\n" + rows)
-    write_bytes(plots / FILES[2], plot_errors(images_uint8, labels, probs, errors, n_wrong))
+    write_png(plots / FILES[2], plot_errors(images_uint8, labels, probs, errors, n_wrong))
     return [plots / name for name in FILES]
 
 

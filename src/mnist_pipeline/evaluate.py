@@ -34,17 +34,13 @@ def processed_dir(explicit: str | None) -> Path:
 
 
 def test_split(folder: Path):
-    import numpy as np
-    import torch
-
-    from mnist_pipeline.datamodule import split_files
     from mnist_pipeline.models import ModelError
+    from mnist_pipeline.processed import read_split, split_files
 
     path = split_files(folder)["test"]
     if not path.is_file():
         raise ModelError(f"{path}: no test split: run `dvc repro split` first (or pass --processed-dir)")
-    with np.load(path) as npz:
-        return torch.from_numpy(npz["images"]), torch.from_numpy(npz["labels"]).long(), path
+    return *read_split(path), path
 
 
 def evaluate(model, images, labels, batch_size: int = 1000) -> dict:

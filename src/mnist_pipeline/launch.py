@@ -22,6 +22,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_pipeline.atomic import write_text
+from mnist_pipeline.config import reports_dir
 
 # Set by the launcher for its workers: rank 0 logs into this run instead of creating one.
 RUN_ID_ENV = "MNIST_PIPELINE_RUN_ID"
@@ -56,10 +57,10 @@ def run_workers(cfg: DictConfig, out_dir: Path, nproc: int, env: dict[str, str])
     """Train `cfg` on `nproc` torchrun workers; the metrics rank 0 wrote to reports/metrics.json."""
     worker_cfg = OmegaConf.to_container(cfg, resolve=True)
     worker_cfg["paths"]["output_dir"] = str(out_dir)
-    reports_dir = Path(worker_cfg["paths"]["reports_dir"] or out_dir)
-    worker_cfg["paths"]["reports_dir"] = str(reports_dir)
+    reports = reports_dir(cfg, out_dir)
+    worker_cfg["paths"]["reports_dir"] = str(reports)
     worker_cfg["resume"] = None  # the launcher found the run; workers get its checkpoint (RESUME_ENV)
-    (reports_dir / "metrics.json").unlink(missing_ok=True)
+    (reports / "metrics.json").unlink(missing_ok=True)
     write_text(out_dir / f"{WORKER_CONFIG}.yaml", OmegaConf.to_yaml(OmegaConf.create(worker_cfg)))
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
@@ -82,4 +83,4 @@ def run_workers(cfg: DictConfig, out_dir: Path, nproc: int, env: dict[str, str])
         raise
     if returncode != 0:
         raise WorkersFailed(returncode)
-    return json.loads((reports_dir / "metrics.json").read_text())
+    return json.loads((reports / "metrics.json").read_text())

@@ -8,6 +8,7 @@ ModelError, whose message is one line that names what was asked for and what to 
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import re
@@ -17,7 +18,7 @@ from pathlib import Path
 
 DEFAULT_MODEL_NAME = "mnist-cnn"
 CHAMPION = "champion"
-SELECTION = "val_full/acc"
+SELECTION = "val_full/acc"  # how runs are ranked: the model selection metric of every run
 
 
 class ModelError(RuntimeError):
@@ -32,10 +33,14 @@ class Found:
     model_id: str | None = None
 
 
+def store_args(parser: argparse.ArgumentParser) -> None:
+    """The flags every non-training command shares to find the store (as training does)."""
+    parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else the repo's mlruns/)")
+    parser.add_argument("--experiment", default="mnist", help="MLflow experiment (default: mnist)")
+
+
 def add_model_args(parser, *, ckpt: bool = True) -> None:
     """--run / --ckpt / --model-name plus the store flags every command shares."""
-    from mnist_pipeline.compare import store_args
-
     store_args(parser)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--run", metavar="RUN_ID", help="the model logged by this MLflow run")
@@ -52,15 +57,12 @@ def first_line(error: BaseException) -> str:
 
 def open_store(tracking_uri: str | None):
     """(client, uri) of the store training uses; a missing embedded store is an error, not created."""
-    from mlflow.tracking import MlflowClient
-
     from mnist_pipeline import tracking
 
-    uri = tracking.use_store(tracking_uri)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise ModelError(f"no MLflow store at {uri.removeprefix('sqlite:///')}: train a model first "
-                         "(python -m mnist_pipeline.train) or pass --tracking-uri")
-    return MlflowClient(uri), uri
+    try:
+        return tracking.open_store(tracking_uri)
+    except tracking.NoStore as e:
+        raise ModelError(f"{e}: train a model first (python -m mnist_pipeline.train) or pass --tracking-uri") from None
 
 
 def experiment_id(client, name: str) -> str:
@@ -96,13 +98,22 @@ def describe(run) -> str:
     return f"run {run.info.run_name!r} ({run.info.run_id}{metric})"
 
 
-def run_model(client, run_id: str) -> Found:
-    run = get_run(client, run_id)
+def found_for(run, logged) -> Found:
+    """The model `logged` by `run`."""
+    return Found(logged.model_uri, describe(run), run.info.run_id, logged.model_id)
+
+
+def model_of(run) -> Found:
+    """The model logged by `run` (already fetched)."""
     model = logged_model(run)
     if model is None:
         raise ModelError(f"{describe(run)} has no logged model (status {run.info.status}): "
                          "only runs that finished training log one")
-    return Found(model.model_uri, describe(run), run.info.run_id, model.model_id)
+    return found_for(run, model)
+
+
+def run_model(client, run_id: str) -> Found:
+    return model_of(get_run(client, run_id))
 
 
 def best_run(client, experiment_ids: list[str], parent_run_id: str | None = None):
@@ -154,7 +165,7 @@ def resolve(client, experiment: str, *, run_id: str | None = None, model_name: s
     run, logged = best
     note(f"note: {name!r} has no {CHAMPION} yet (python -m mnist_pipeline.promote registers one): using the "
          f"best FINISHED run of experiment {experiment!r}, {describe(run)}")
-    return Found(logged.model_uri, describe(run), run.info.run_id, logged.model_id)
+    return found_for(run, logged)
 
 
 def load(found: Found):

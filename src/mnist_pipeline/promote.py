@@ -30,26 +30,25 @@ def candidates(client, experiment: str, *, run_id=None, sweep=None, parent_run_i
         run = models.get_run(client, run_id)
         if run.info.status != "FINISHED":
             raise ModelError(f"{models.describe(run)} is {run.info.status}: only FINISHED runs are promoted")
-        found = models.run_model(client, run_id)
-        return run, found, "the run asked for"
+        return run, models.model_of(run), "the run asked for"
     experiment_id = models.experiment_id(client, experiment)
-    if sweep and not parent_run_id:
+    parent = None
+    if parent_run_id:
+        parent = models.get_run(client, parent_run_id)
+    elif sweep:
         try:
-            parent_run_id = find_sweep(client, experiment_id, sweep).info.run_id
+            parent = find_sweep(client, experiment_id, sweep)
         except CompareError as e:
             raise ModelError(str(e)) from None
-    if not parent_run_id and not all_runs:
+    elif not all_runs:
         with contextlib.suppress(CompareError):
-            parent_run_id = find_sweep(client, experiment_id, None).info.run_id
-    if parent_run_id:
-        where = f"sweep {models.get_run(client, parent_run_id).info.run_name!r}"
-    else:
-        where = f"experiment {experiment!r}"
-    best = models.best_run(client, [experiment_id], parent_run_id)
+            parent = find_sweep(client, experiment_id, None)
+    where = f"sweep {parent.info.run_name!r}" if parent else f"experiment {experiment!r}"
+    best = models.best_run(client, [experiment_id], parent.info.run_id if parent else None)
     if best is None:
         raise ModelError(f"no FINISHED run with {SELECTION} and a logged model in {where}")
     run, logged = best
-    return run, models.Found(logged.model_uri, models.describe(run), run.info.run_id, logged.model_id), where
+    return run, models.found_for(run, logged), where
 
 
 def register(client, uri: str, name: str, found) -> tuple[str, bool, str | None]:
@@ -66,14 +65,17 @@ def register(client, uri: str, name: str, found) -> tuple[str, bool, str | None]
 
         lock = FileLock(f"{uri.removeprefix('sqlite:///')}.lock")
     with lock or contextlib.nullcontext():
-        if models.registered(client, name) is None:
+        model = models.registered(client, name)
+        if model is None:
             try:
-                client.create_registered_model(name, description="The tutorial's CNN for MNIST digits: "
-                                               "float pixels in [0, 1], (N, 1, 28, 28) in; 10 probabilities out.")
-            except MlflowException:
-                if models.registered(client, name) is None:
+                model = client.create_registered_model(
+                    name, description="The tutorial's CNN for MNIST digits: float pixels in [0, 1], "
+                    "(N, 1, 28, 28) in; 10 probabilities out.")
+            except MlflowException:  # another process created it meanwhile
+                model = models.registered(client, name)
+                if model is None:
                     raise
-        previous = models.registered(client, name).aliases.get(CHAMPION)
+        previous = model.aliases.get(CHAMPION)
         previous = None if previous is None else str(previous)
         same = [v for v in client.search_model_versions(f"name = '{name}'")
                 if v.source == found.uri or (found.model_id and getattr(v, "model_id", None) == found.model_id)]
@@ -118,7 +120,7 @@ def promote(tracking_uri: str | None, experiment: str = "mnist", *, run_id: str 
 
 
 def main(argv: list[str] | None = None) -> None:
-    from mnist_pipeline.compare import store_args
+    from mnist_pipeline.models import store_args
 
     parser = argparse.ArgumentParser(prog="python -m mnist_pipeline.promote", description=__doc__.split("\n")[0])
     store_args(parser)

@@ -13,7 +13,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
-from mnist_pipeline.atomic import write_bytes, write_text
+from mnist_pipeline.atomic import write_png, write_text
 
 History = dict[str, list[tuple[int, float]]]
 
@@ -74,12 +74,6 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     write_text(path, buf.getvalue())
 
 
-def _write_png(path: Path, fig) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    write_bytes(path, buf.getvalue())
-
-
 def plot_curves(train: list[dict], val: list[dict], plots_dir: Path) -> list[Path]:
     import matplotlib
 
@@ -100,8 +94,7 @@ def plot_curves(train: list[dict], val: list[dict], plots_dir: Path) -> list[Pat
         ax.grid(alpha=0.3)
         ax.legend()
         path = plots_dir / f"{'loss' if name == 'loss' else 'accuracy'}.png"
-        _write_png(path, fig)
-        plt.close(fig)
+        write_png(path, fig)
         paths.append(path)
     return paths
 

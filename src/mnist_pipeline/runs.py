@@ -16,9 +16,9 @@ import argparse
 import socket
 import sys
 import time
-from pathlib import Path
 
-from mnist_pipeline.compare import store_args
+from mnist_pipeline import tracking
+from mnist_pipeline.models import store_args
 from mnist_pipeline.tracking import process_state
 
 LAST_STEP_METRIC = "train/loss"
@@ -40,14 +40,10 @@ def last_step(client, run_id: str) -> tuple[int | None, int | None]:
 
 
 def _client(tracking_uri: str | None):
-    from mlflow.tracking import MlflowClient
-
-    from mnist_pipeline import tracking
-
-    uri = tracking.use_store(tracking_uri)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise RunsError(f"no MLflow store at {uri.removeprefix('sqlite:///')}")
-    return MlflowClient(uri), uri
+    try:
+        return tracking.open_store(tracking_uri)
+    except tracking.NoStore as e:
+        raise RunsError(str(e)) from None
 
 
 def running_runs(client, uri: str, experiment: str) -> list:

@@ -23,7 +23,7 @@ def command(model_uri: str, port: int = PORT, host: str = HOST) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from mnist_pipeline.compare import store_args
+    from mnist_pipeline.models import store_args
     from mnist_pipeline.models import CHAMPION, DEFAULT_MODEL_NAME, ModelError, open_store, registered
 
     parser = argparse.ArgumentParser(prog="python -m mnist_pipeline.serve", description=__doc__.split("\n")[0])

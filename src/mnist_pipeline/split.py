@@ -22,6 +22,7 @@ from mnist_pipeline import idx
 from mnist_pipeline.atomic import atomic_write, remove_stale_temps
 from mnist_pipeline.config import ConfigError, resolve_path, stage_main
 from mnist_pipeline.fetch import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
+from mnist_pipeline.processed import split_files
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def split(
         images, labels = (test_images, test_labels) if name == "test" else (train_images, train_labels)
         labels = labels[index].astype(np.int64)
         arrays = {"images": images[index], "labels": labels, "index": index.astype(np.int64)}
-        write_npz(processed_dir / f"{name}.npz", arrays)
+        write_npz(split_files(processed_dir)[name], arrays)
         label_counts[name] = np.bincount(labels, minlength=10)
         log.info(
             "%s.npz: %d images; labels 0-9: %s", name, len(index), " ".join(str(c) for c in label_counts[name])

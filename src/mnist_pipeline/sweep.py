@@ -36,16 +36,13 @@ def sweep_points(task_overrides: list[str]) -> tuple[list[list[str]], list[str]]
 class MLflowSweep(Callback):
     def on_multirun_start(self, config: DictConfig, config_name: str | None = None, **kwargs: Any) -> None:
         from hydra import compose
-
-        from mnist_pipeline import tracking
-        from mnist_pipeline.datamodule import check_processed
-        from mnist_pipeline.config import resolve_path
-        from mnist_pipeline.train import check_config
-
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
 
-        from mnist_pipeline.config import ConfigError
+        from mnist_pipeline import tracking
+        from mnist_pipeline.config import ConfigError, resolve_path
+        from mnist_pipeline.processed import check_processed
+        from mnist_pipeline.train import check_config
 
         task = list(config.hydra.overrides.task)
         jobs, swept = sweep_points(task)

@@ -17,9 +17,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytorch_lightning.loggers import MLFlowLogger
-from pytorch_lightning.utilities import rank_zero_only
-
 from mnist_pipeline.config import project_root
 
 # Run-control keys: how a run is started, not what it is. MLflow refuses a param whose value
@@ -126,66 +123,6 @@ def process_state(tags: dict[str, str], host: str | None = None) -> Verdict:
     return Verdict(False, f"process {pid_n} is alive")
 
 
-class BufferedMLFlowLogger(MLFlowLogger):
-    """Lightning's MLFlowLogger, but per-step metrics are kept and sent in one `log_batch` every
-    `flush_every_n_steps` steps and at the end (one SQLite transaction costs ~5 ms: one per step
-    would cost more than the step). Points lost by a crash are not lost: every checkpoint holds the
-    whole history (reports.HistoryInCheckpoint), and a resumed run sends what MLflow lacks
-    (`backfill`) and skips what it has. The run's final status is left to the caller, which knows
-    why the run ended."""
-
-    def __init__(self, *, flush_every_n_steps: int = 200, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.flush_every_n_steps = flush_every_n_steps
-        self._pending: list = []
-        self._last_flush_step = 0
-        self.logged_until: dict[str, int] = {}  # a resumed run: points MLflow already holds
-
-    def skip_logged_points(self) -> None:
-        """A resumed run: note the last step MLflow holds of each curve, not to send it twice."""
-        client = self.experiment
-        for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
-            history = client.get_metric_history(self.run_id, key)
-            if history:
-                self.logged_until[key] = max(m.step for m in history)
-
-    @rank_zero_only
-    def backfill(self, history: dict[str, list[tuple[int, float]]]) -> None:
-        """A resumed run: send the checkpoint's points that MLflow lacks (logged, not yet flushed,
-        when the process died)."""
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        for key, points in history.items():
-            missing = [(step, value) for step, value in points if step > self.logged_until.get(key, -1)]
-            self._pending += [Metric(key=key, value=value, timestamp=now, step=step) for step, value in missing]
-            if missing:
-                self.logged_until[key] = max(step for step, _ in missing)
-
-    @rank_zero_only
-    def log_metrics(self, metrics, step=None) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        for key, value in metrics.items():
-            if key == "epoch" or (step is not None and step <= self.logged_until.get(key, -1)):
-                continue
-            self._pending.append(Metric(key=key, value=float(value), timestamp=now, step=step or 0))
-        if step is not None and step - self._last_flush_step >= self.flush_every_n_steps:
-            self.flush()
-            self._last_flush_step = step
-
-    @rank_zero_only
-    def flush(self) -> None:
-        pending, self._pending = self._pending, []
-        for i in range(0, len(pending), 1000):  # MLflow's limit per batch
-            self.experiment.log_batch(self.run_id, metrics=pending[i : i + 1000])
-
-    @rank_zero_only
-    def finalize(self, status: str = "success") -> None:
-        self.flush()
-
-
 def flat_params(cfg, extra: dict | None = None) -> dict[str, str]:
     """The composed config as `a.b.c` keys (run-control keys left out), plus `extra`."""
     from omegaconf import OmegaConf
@@ -233,12 +170,27 @@ def use_store(explicit: str | None = None) -> str:
     return uri
 
 
+class NoStore(LookupError):
+    """A command that reads runs found no store: it must not create an empty one."""
+
+
+def open_store(explicit: str | None = None):
+    """(client, uri) of the store training uses, for commands that read runs. A missing embedded
+    store raises NoStore ("no MLflow store at <path>") instead of being created empty."""
+    from mlflow.tracking import MlflowClient
+
+    uri = use_store(explicit)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise NoStore(f"no MLflow store at {uri.removeprefix('sqlite:///')}")
+    return MlflowClient(uri), uri
+
+
 def start_run(cfg, *, processed_dir: Path, out_dir: Path, overrides: list[str], extra_params: dict | None = None) -> str:
     """Create the run with its tags and params; returns its id."""
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
-    from mnist_pipeline.datamodule import processed_sha256
+    from mnist_pipeline.processed import processed_sha256
 
     uri = use_store(cfg.logger.tracking_uri)
     experiment_id = ensure_experiment(uri, cfg.logger.experiment_name)
@@ -263,15 +215,6 @@ def start_run(cfg, *, processed_dir: Path, out_dir: Path, overrides: list[str], 
     for i in range(0, len(params), 100):  # MLflow's limit per batch
         client.log_batch(run_id, params=params[i : i + 100])
     return run_id
-
-
-def attach_logger(cfg, run_id: str, resumed: bool = False) -> BufferedMLFlowLogger:
-    """A Lightning logger writing into an existing run."""
-    uri = tracking_uri(cfg.logger.tracking_uri)
-    logger = BufferedMLFlowLogger(tracking_uri=uri, run_id=run_id, flush_every_n_steps=cfg.logger.flush_every_n_steps)
-    if resumed:
-        logger.skip_logged_points()
-    return logger
 
 
 def reopen_run(run_id: str, step: int) -> None:

@@ -21,9 +21,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_pipeline.config import ConfigError, config_source, project_root, refresh_params_file, resolve_path
-
-SELECTION_METRIC = "val_full/acc"
+from mnist_pipeline.config import (ConfigError, config_source, project_root, refresh_params_file, reports_dir,
+                                   resolve_path)
+from mnist_pipeline.models import SELECTION
 
 
 def _positive(cfg: DictConfig, key: str, kind: type = int) -> None:
@@ -143,7 +143,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_config(cfg)
     _quiet_framework_noise()
     from mnist_pipeline import launch
-    from mnist_pipeline.datamodule import check_processed
+    from mnist_pipeline.processed import check_processed
 
     processed_dir = resolve_path(cfg.data.processed_dir)
     check_processed(processed_dir)
@@ -192,6 +192,7 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
     from mnist_pipeline import diagnostics
     from mnist_pipeline import reports, tracking
     from mnist_pipeline.checkpoints import AtomicCheckpointIO
+    from mnist_pipeline.mlflow_logger import attach_logger
     from mnist_pipeline.module import MNISTClassifier
     from mnist_pipeline.perf import PhaseTimes
     from mnist_pipeline.stopping import RunKilled
@@ -209,7 +210,7 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
     phases = PhaseTimes(train_called)
     loggers: list = [history]
     if run_id:
-        loggers.append(tracking.attach_logger(cfg, run_id, resumed=resume_ckpt is not None))
+        loggers.append(attach_logger(cfg, run_id))
     # `best` by val/acc, and `last` at every periodic validation (Lightning's save_last only saves
     # alongside a new best) and when a run stops on an exception or a signal.
     best = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/acc", mode="max")
@@ -241,9 +242,9 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
                  weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.split("/")[0] in ("val_full", "test")}
     if trainer.is_global_zero:
-        reports_dir = resolve_path(cfg.paths.reports_dir) if cfg.paths.reports_dir else out_dir
-        files = reports.write_reports(reports_dir, metrics, history.history)
-        files += diagnostics.write_diagnostics(reports_dir, model.net, *datamodule.splits["test"])
+        into = reports_dir(cfg, out_dir)
+        files = reports.write_reports(into, metrics, history.history)
+        files += diagnostics.write_diagnostics(into, model.net, *datamodule.splits["test"])
         if run_id:
             tracking.log_outcome(run_id, cfg, model.net, files, [best.best_model_path, last.best_model_path])
             timings = phases.metrics(trainer, datamodule.train_batches.seconds, time.perf_counter())
@@ -269,7 +270,7 @@ def main(cfg: DictConfig) -> float:
     from mnist_pipeline.stopping import RunKilled
 
     try:
-        return train(cfg)[SELECTION_METRIC]
+        return train(cfg)[SELECTION]
     except RunKilled as e:
         print(f"\n{e}: run marked KILLED", file=sys.stderr)
         sys.exit(128 + e.signum)
