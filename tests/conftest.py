@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 
 from data_fixtures import real_mnist_raw  # noqa: F401  (a session fixture other tests use)
+from model_fixtures import champion_real, real_processed, trained_real  # noqa: F401  (session fixtures, once for all)
 from synthetic import write_processed
 
 ROOT = Path(__file__).resolve().parents[1]
+# The environment of a training whose model is one of tests/faulty.py's (`model._target_=faulty.X`).
+FAULTY = {"PYTHONPATH": f"{ROOT / 'tests'}:{os.environ.get('PYTHONPATH', '')}"}
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -29,16 +32,37 @@ def processed(tmp_path_factory) -> Path:
     return write_processed(tmp_path_factory.mktemp("processed"))
 
 
-def tiny_overrides(processed: Path, store: Path, out: Path, *extra: str) -> list[str]:
+def tiny_overrides(processed: Path, store: Path, out: Path | None, *extra: str) -> list[str]:
+    """Overrides of a tiny run; `out=None` leaves `paths.output_dir` out (Hydra's job folder is used)."""
     return [
         f"paths.processed_dir={processed}",
         f"logger.tracking_uri=sqlite:///{store}/mlflow.db",
-        f"paths.output_dir={out}",
+        *([f"paths.output_dir={out}"] if out is not None else []),
         "data.val_subset_size=100",
         "data.eval_batch_size=100",
         "trainer.max_steps=23",
         *extra,
     ]
+
+
+def store_client(store: Path):
+    """An MlflowClient over the SQLite store `store/mlflow.db`."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{store}/mlflow.db")
+
+
+def store_runs(store: Path) -> list:
+    """Every run of every experiment in `store` ([] if it has no database yet, without creating one)."""
+    if not (store / "mlflow.db").exists():
+        return []
+    client = store_client(store)
+    return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+def metric_steps(client, run_id: str, key: str) -> list[int]:
+    """The steps at which `key` was logged in the run, in order."""
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
 def compose(*overrides: str):
@@ -65,15 +89,13 @@ class TinyRun:
         self.uri = f"sqlite:///{self.store}/mlflow.db"
         self.cfg = compose(*tiny_overrides(processed, self.store, self.out, f"paths.reports_dir={self.reports}"))
         self.metrics = train(self.cfg)
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(self.uri)
+        self.client = store_client(self.store)
         experiment = self.client.get_experiment_by_name("mnist")
         (self.run,) = self.client.search_runs([experiment.experiment_id])
         self.run_id = self.run.info.run_id
 
     def steps(self, key: str) -> list[int]:
-        return [m.step for m in sorted(self.client.get_metric_history(self.run_id, key), key=lambda m: m.step)]
+        return metric_steps(self.client, self.run_id, key)
 
 
 @pytest.fixture(scope="session")

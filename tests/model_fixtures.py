@@ -5,8 +5,9 @@ plus pictures of digits made the ways people make them.
 (a few seconds, about 95% test accuracy), through `train(cfg)` into its own SQLite store, once per
 session. `champion_real`: that run promoted as the champion of `mnist-cnn` in that store.
 
-Test modules import these fixtures by name, and pytest then registers a session fixture once per
-importing module, each with its own cache: `_once` makes them all share one result.
+conftest.py imports these fixtures, so pytest registers each once and every test module shares its
+one result; test modules must not import them by name (that would register a copy per module, each
+run again). The helpers below (`write_mnist_pngs`, `draw_digits`) are imported as usual.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from conftest import compose
 
 
 @dataclass
@@ -35,18 +34,9 @@ class RealModel:
     registered_after_training: list[str]
 
 
-_ONCE: dict = {}
-
-
-def _once(key: str, make):
-    if key not in _ONCE:
-        _ONCE[key] = make()
-    return _ONCE[key]
-
-
 @pytest.fixture(scope="session")
 def real_processed(real_mnist_raw, tmp_path_factory) -> Path:
-    return _once("real_processed", lambda: _split(real_mnist_raw, tmp_path_factory.mktemp("real_processed")))
+    return _split(real_mnist_raw, tmp_path_factory.mktemp("real_processed"))
 
 
 def _split(raw: Path, out: Path) -> Path:
@@ -58,18 +48,19 @@ def _split(raw: Path, out: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_real(real_processed, tmp_path_factory) -> RealModel:
-    return _once("trained_real", lambda: _train(real_processed, tmp_path_factory))
+    return _train(real_processed, tmp_path_factory)
 
 
 def _train(real_processed: Path, tmp_path_factory) -> RealModel:
     import mlflow
 
+    from mnist_pipeline.config import compose  # not conftest's: conftest imports this module
     from mnist_pipeline.train import train
 
     tmp = tmp_path_factory.mktemp("trained_real")
     uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
-    cfg = compose(f"paths.processed_dir={real_processed}", f"logger.tracking_uri={uri}", f"paths.output_dir={tmp}/out",
-                  f"paths.reports_dir={tmp}/reports", "trainer.max_steps=300", "trainer.val_check_interval=100")
+    cfg = compose([f"paths.processed_dir={real_processed}", f"logger.tracking_uri={uri}", f"paths.output_dir={tmp}/out",
+                   f"paths.reports_dir={tmp}/reports", "trainer.max_steps=300", "trainer.val_check_interval=100"])
     metrics = train(cfg)
     mlflow.set_tracking_uri(uri)
     experiment_id = mlflow.get_experiment_by_name("mnist").experiment_id
@@ -83,7 +74,7 @@ def _train(real_processed: Path, tmp_path_factory) -> RealModel:
 
 @pytest.fixture(scope="session")
 def champion_real(trained_real) -> RealModel:
-    return _once("champion_real", lambda: _promote(trained_real))
+    return _promote(trained_real)
 
 
 def _promote(model: RealModel) -> RealModel:

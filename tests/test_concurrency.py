@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
-from test_sweeps import start_ui, stop_ui
+from conftest import ROOT, metric_steps
+from servers import start_ui, stop_ui
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -65,7 +65,7 @@ def _check_store(uri: str, results) -> None:
         assert run.info.status == "FINISHED", run.info.run_name
 
         def steps(key: str) -> list[int]:
-            return sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+            return metric_steps(client, run.info.run_id, key)
 
         assert steps("train/loss") == list(range(1, STEPS + 1)), run.info.run_name
         assert steps("train/acc") == list(range(1, STEPS + 1)), run.info.run_name

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from model_fixtures import real_processed, trained_real  # noqa: F401
 from PIL import Image
 
 from conftest import ROOT

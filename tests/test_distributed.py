@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,24 +11,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import ROOT, run_cli, tiny_overrides
+from conftest import FAULTY, ROOT, run_cli, store_client, store_runs, tiny_overrides
+from servers import free_port
 
 pytestmark = pytest.mark.slow
 
 
-def _client(store: Path):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(f"sqlite:///{store}/mlflow.db")
-
-
-def _runs(store: Path):
-    client = _client(store)
-    return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
-
-
 def _history(store: Path, run_id: str, key: str) -> dict[int, float]:
-    return {m.step: m.value for m in _client(store).get_metric_history(run_id, key)}
+    return {m.step: m.value for m in store_client(store).get_metric_history(run_id, key)}
 
 
 def _leftover_processes(marker: str) -> list[str]:
@@ -48,12 +37,11 @@ def one_and_two(processed, tmp_path_factory):
     runs = {}
     for name, extra in (("one", []), ("two", ["trainer=ddp_cpu"])):
         store = tmp / name / "mlruns"
-        args = [*tiny_overrides(processed, store, tmp / name / "out"), "trainer.max_steps=20",
+        args = [*tiny_overrides(processed, store, None), "trainer.max_steps=20",
                 f"hydra.run.dir={tmp / name / 'job'}", *extra]
-        args = [a for a in args if not a.startswith("paths.output_dir")]
         result = run_cli("mnist_pipeline.train", *args, timeout=180)
         assert result.returncode == 0, result.stderr[-3000:]
-        (run,) = _runs(store)
+        (run,) = store_runs(store)
         runs[name] = (store, run, tmp / name / "job")
     return runs
 
@@ -76,7 +64,7 @@ def test_a_ddp_run_is_one_folder_and_one_mlflow_run(one_and_two):
     assert run.info.status == "FINISHED"
     assert sorted(p.name for p in (job / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     assert (job / "metrics.json").is_file() and (job / ".hydra" / "config.yaml").is_file()
-    assert len(_runs(store)) == 1
+    assert len(store_runs(store)) == 1
     assert not list(ROOT.glob("*.log")), "no rank wrote a log file into the working directory"
 
 
@@ -89,30 +77,24 @@ def test_batch_must_split_evenly_across_processes(processed, tmp_path):
 
 def test_a_sweep_of_ddp_jobs_is_one_job_and_one_run_per_point(processed, tmp_path):
     store, sweep = tmp_path / "mlruns", tmp_path / "sweep"
-    args = [a for a in tiny_overrides(processed, store, tmp_path / "out") if not a.startswith("paths.output_dir")]
+    args = tiny_overrides(processed, store, None)
     result = run_cli("mnist_pipeline.train", "-m", *args, "trainer.max_steps=10", "trainer=ddp_cpu",
                      "optimizer.lr=0.05,0.15", f"hydra.sweep.dir={sweep}", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert jobs == ["0", "1"]
-    runs = [r for r in _runs(store) if "world_size" in r.data.params]  # the sweep's points
+    runs = [r for r in store_runs(store) if "world_size" in r.data.params]  # the sweep's points
     assert sorted(r.data.params["optimizer.lr"] for r in runs) == ["0.05", "0.15"]
     assert all(r.data.params["world_size"] == "2" and r.info.status == "FINISHED" for r in runs)
     for job in jobs:
         assert (sweep / job / "metrics.json").is_file()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_simulated_nodes_make_one_run(processed, tmp_path):
     store, job, cwd = tmp_path / "mlruns", tmp_path / "job", tmp_path / "cwd"
     cwd.mkdir()
-    port = _free_port()
-    args = [a for a in tiny_overrides(processed, store, tmp_path / "out") if not a.startswith("paths.output_dir")]
+    port = free_port()
+    args = tiny_overrides(processed, store, None)
     # The store exists before both nodes start, as a team's shared store would.
     from mnist_pipeline.tracking import ensure_experiment
 
@@ -128,7 +110,7 @@ def test_two_simulated_nodes_make_one_run(processed, tmp_path):
     ]
     outputs = [n.communicate(timeout=180)[0] for n in nodes]
     assert [n.returncode for n in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
-    (run,) = _runs(store)
+    (run,) = store_runs(store)
     assert run.info.status == "FINISHED" and run.data.params["world_size"] == "2"
     assert (job / "metrics.json").is_file()
     assert list(cwd.iterdir()) == [], "rank 1 made no output folder of its own"
@@ -137,14 +119,14 @@ def test_two_simulated_nodes_make_one_run(processed, tmp_path):
 def test_a_failed_rank_fails_the_run_and_stops_every_process(processed, tmp_path):
     store = tmp_path / "mlruns"
     marker = str(tmp_path)
-    args = [a for a in tiny_overrides(processed, store, tmp_path / "out") if not a.startswith("paths.output_dir")]
+    args = tiny_overrides(processed, store, None)
     started = time.monotonic()
     result = run_cli("mnist_pipeline.train", *args, "trainer=ddp_cpu", "model._target_=faulty.FailsOnRank1",
                      f"hydra.run.dir={tmp_path / 'job'}", timeout=120,
-                     env={"PYTHONPATH": f"{ROOT / 'tests'}:{os.environ.get('PYTHONPATH', '')}"})
+                     env=FAULTY)
     assert result.returncode != 0
     assert time.monotonic() - started < 60
     assert "injected failure in rank 1" in result.stdout + result.stderr
-    (run,) = _runs(store)
+    (run,) = store_runs(store)
     assert run.info.status == "FAILED"
     assert _leftover_processes(marker) == []

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, store_client
 
 pytestmark = pytest.mark.slow
 
@@ -94,9 +94,7 @@ def test_repro_runs_everything_then_nothing_then_only_what_changed(repo_copy):
 
 
 def _store(repo: Path):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{repo}/mlruns/mlflow.db")
+    client = store_client(repo / "mlruns")
     return client, client.get_experiment_by_name("mnist").experiment_id
 
 

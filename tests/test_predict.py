@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import pytest
-from model_fixtures import champion_real, draw_digits, real_processed, trained_real, write_mnist_pngs  # noqa: F401
+from model_fixtures import draw_digits, write_mnist_pngs
 from PIL import Image
 
 from conftest import run_cli

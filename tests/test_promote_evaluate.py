@@ -8,7 +8,6 @@ import threading
 
 import pytest
 import torch
-from model_fixtures import champion_real, real_processed, trained_real  # noqa: F401
 from PIL import Image
 
 from mnist_pipeline import compare, evaluate, predict, promote

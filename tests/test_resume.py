@@ -3,7 +3,6 @@ uninterrupted one; SIGTERM/SIGINT leave a checkpoint and a KILLED run; what cann
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,30 +12,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, compose, run_cli, tiny_overrides
+from conftest import FAULTY, ROOT, compose, metric_steps, run_cli, store_client, store_runs, tiny_overrides
 
 pytestmark = pytest.mark.slow
-FAULTY = {"PYTHONPATH": f"{ROOT / 'tests'}:{os.environ.get('PYTHONPATH', '')}"}
-
-
-def _client(store: Path):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(f"sqlite:///{store}/mlflow.db")
-
-
-def _runs(store: Path):
-    client = _client(store)
-    return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
 
 
 def _steps(store: Path, run_id: str, key: str) -> list[int]:
-    return sorted(m.step for m in _client(store).get_metric_history(run_id, key))
+    return metric_steps(store_client(store), run_id, key)
 
 
 def _args(processed: Path, store: Path, job: Path, *extra: str) -> list[str]:
-    base = [a for a in tiny_overrides(processed, store, job) if not a.startswith("paths.output_dir")]
-    return [*base, "trainer.max_steps=60", "trainer.deterministic=true", f"hydra.run.dir={job}", *extra]
+    return [*tiny_overrides(processed, store, None), "trainer.max_steps=60", "trainer.deterministic=true",
+            f"hydra.run.dir={job}", *extra]
 
 
 def test_sigkill_at_step_37_then_resume_ends_exactly_like_an_uninterrupted_run(processed, tmp_path):
@@ -49,14 +36,14 @@ def test_sigkill_at_step_37_then_resume_ends_exactly_like_an_uninterrupted_run(p
     args = _args(processed, store, job, "model._target_=faulty.KillsItself")
     crashed = run_cli("mnist_pipeline.train", *args, env={**FAULTY, "KILL_AT_CALL": "37"})
     assert crashed.returncode == -signal.SIGKILL
-    (run,) = _runs(store)
+    (run,) = store_runs(store)
     assert run.info.status == "RUNNING", "SIGKILL leaves the run RUNNING"
     assert torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 35
 
     resumed = run_cli("mnist_pipeline.train", *[a for a in args if not a.startswith("hydra.run.dir")],
                       "resume=last", env=FAULTY)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    (after,) = _runs(store)
+    (after,) = store_runs(store)
     assert after.info.run_id == run.info.run_id and after.info.status == "FINISHED"
     assert after.data.tags["resumed_at_step"] == "35" and after.data.tags["output_dir"] == str(job)
     assert _steps(store, run.info.run_id, "train/loss") == list(range(1, 61)), "no step missing or twice"
@@ -81,7 +68,7 @@ def test_a_signal_writes_a_checkpoint_marks_killed_and_resume_finishes_it(proces
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum, err[-2000:]
-    (run,) = _runs(store)
+    (run,) = store_runs(store)
     assert run.info.status == "KILLED"
     step = torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert 25 <= step < 600
@@ -91,7 +78,7 @@ def test_a_signal_writes_a_checkpoint_marks_killed_and_resume_finishes_it(proces
     resumed = run_cli("mnist_pipeline.train", *[a for a in args if not a.startswith("hydra.run.dir")],
                       f"resume={run.info.run_id}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    (after,) = _runs(store)
+    (after,) = store_runs(store)
     assert after.info.status == "FINISHED" and after.data.tags["resumed_at_step"] == str(step)
     assert _steps(store, run.info.run_id, "train/loss") == list(range(1, 601))
 

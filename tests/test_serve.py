@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,18 +14,13 @@ import urllib.request
 import numpy as np
 import psutil
 import pytest
-from model_fixtures import champion_real, real_processed, trained_real, write_mnist_pngs  # noqa: F401
+from model_fixtures import write_mnist_pngs
 
 from conftest import ROOT
+from servers import free_port
 from mnist_pipeline import digits, predict
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy

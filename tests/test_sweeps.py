@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
 
-from conftest import run_cli
+from conftest import metric_steps, run_cli, store_client
+from servers import start_ui, stop_ui
 
 pytestmark = pytest.mark.slow
 
@@ -27,14 +23,8 @@ def _sweep_args(processed: Path, store: Path, sweep_dir: Path, *extra: str) -> l
             f"hydra.sweep.dir={sweep_dir}", *extra]
 
 
-def _client(store: Path):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(f"sqlite:///{store}/mlflow.db")
-
-
 def _parent_and_children(store: Path):
-    client = _client(store)
+    client = store_client(store)
     runs = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
     parents = [r for r in runs if "sweep" in r.data.tags and "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1
@@ -80,10 +70,9 @@ def test_parallel_sweep_with_joblib_loses_nothing(processed, tmp_path):
     assert "database is locked" not in result.stdout + result.stderr
     parent, children = _parent_and_children(store)
     assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
-    client = _client(store)
+    client = store_client(store)
     for run in children:
-        assert [m.step for m in sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)] \
-            == list(range(1, 11))
+        assert metric_steps(client, run.info.run_id, "train/loss") == list(range(1, 11))
         assert run.data.params["threads"] == str(max(1, len(os.sched_getaffinity(0)) // 2))
     assert parent.data.tags["failed_points"] == "0"
 
@@ -125,7 +114,7 @@ def test_compare_ranks_points_draws_and_logs_to_the_parent(grid_sweep, tmp_path)
     assert values == sorted(values, reverse=True)
     assert sorted(p.name for p in pictures) == ["val_acc_curves.png", "val_full_acc_heatmap.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in pictures)
-    logged = {a.path for a in _client(store).list_artifacts(parent_id, "compare")}
+    logged = {a.path for a in store_client(store).list_artifacts(parent_id, "compare")}
     assert logged == {"compare/val_acc_curves.png", "compare/val_full_acc_heatmap.png"}
 
 
@@ -138,57 +127,11 @@ def test_compare_says_when_there_is_nothing_to_compare(grid_sweep, tmp_path):
     assert not (tmp_path / "none").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_ui(store: Path):
-    """`mlflow server` over the store on a free loopback port; returns (process, base url)."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc, base
-        except OSError:
-            time.sleep(0.3)
-    stop_ui(proc)
-    raise AssertionError("the MLflow server did not answer within 60 s")
-
-
-def stop_ui(proc) -> None:
-    """Stop the server and every process it started, by PID."""
-    family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=15)
-    deadline = time.monotonic() + 15
-    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in family):
-        if time.monotonic() > deadline:
-            for p in family:
-                if psutil.pid_exists(p):
-                    os.kill(p, signal.SIGKILL)
-            break
-        time.sleep(0.2)
-
-
 def test_ui_server_lists_the_sweep_runs_over_rest(grid_sweep):
     store, _ = grid_sweep
     proc, base = start_ui(store)
     try:
-        experiment_id = _client(store).get_experiment_by_name("mnist").experiment_id
+        experiment_id = store_client(store).get_experiment_by_name("mnist").experiment_id
         request = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", method="POST",
                                          data=json.dumps({"experiment_ids": [experiment_id]}).encode(),
                                          headers={"Content-Type": "application/json"})

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, compose, run_cli, tiny_overrides
+from conftest import ROOT, compose, metric_steps, run_cli, store_client, store_runs, tiny_overrides
 
 
 def test_metrics_returned_and_written(tiny_run):
@@ -113,15 +113,6 @@ def test_same_seed_is_bit_identical_and_another_seed_differs(processed, tmp_path
     assert not (tmp_path / "s").exists(), "logger=none writes no MLflow store"
 
 
-def _runs(store):
-    from mlflow.tracking import MlflowClient
-
-    if not (store / "mlflow.db").exists():
-        return []
-    client = MlflowClient(f"sqlite:///{store}/mlflow.db")
-    return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
-
-
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -142,7 +133,7 @@ def test_bad_input_fails_fast_with_one_message_and_no_run(processed, tmp_path, o
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert time.monotonic() - started < 30, "fails before importing or doing any work"
-    assert _runs(store) == []
+    assert store_runs(store) == []
 
 
 def test_exception_in_training_marks_the_run_failed(processed, tmp_path, monkeypatch):
@@ -158,7 +149,7 @@ def test_exception_in_training_marks_the_run_failed(processed, tmp_path, monkeyp
     monkeypatch.setattr(MNISTClassifier, "training_step", boom)
     with pytest.raises(RuntimeError, match="injected failure"):
         train(compose(*tiny_overrides(processed, tmp_path / "mlruns", tmp_path / "out")))
-    (run,) = _runs(tmp_path / "mlruns")
+    (run,) = store_runs(tmp_path / "mlruns")
     assert run.info.status == "FAILED"
 
 
@@ -167,18 +158,12 @@ def test_divergence_stops_the_run_failed_with_its_step(processed, tmp_path):
     result = run_cli("mnist_pipeline.train", *tiny_overrides(processed, store, tmp_path / "out"), "optimizer.lr=1e20")  # lr=50 diverges on real MNIST
     assert result.returncode == 1
     assert "diverged at step" in result.stderr and "Traceback" not in result.stderr
-    (run,) = _runs(store)
+    (run,) = store_runs(store)
     assert run.info.status == "FAILED"
     assert "optimizer.lr=1e20" in run.data.tags["hydra_overrides"].split()
     step = int(run.data.tags["diverged_at_step"])
     assert 1 <= step < 23
-    assert max(m.step for m in _client(store).get_metric_history(run.info.run_id, "train/loss")) == step - 1
-
-
-def _client(store):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(f"sqlite:///{store}/mlflow.db")
+    assert max(metric_steps(store_client(store), run.info.run_id, "train/loss")) == step - 1
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -198,5 +183,5 @@ def test_kill_marks_the_run_killed_and_exits_nonzero(processed, tmp_path, signum
     proc.send_signal(signum)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum, out[-2000:]
-    (run,) = _runs(store)
+    (run,) = store_runs(store)
     assert run.info.status == "KILLED"

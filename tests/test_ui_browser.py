@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from test_sweeps import start_ui, stop_ui
+from servers import start_ui, stop_ui
 
 pytestmark = pytest.mark.browser
 

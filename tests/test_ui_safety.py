@@ -10,13 +10,12 @@ import re
 import socket
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
 
 from conftest import ROOT
-from test_sweeps import _free_port, stop_ui
+from servers import free_port, stop_ui, wait_until_up
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -36,19 +35,6 @@ def _request(port: int, path: str, host: str, method: str = "GET", body: dict | 
         conn.close()
 
 
-def _wait_until_up(proc, port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the UI exited"
-        try:
-            if _request(port, "/health", f"127.0.0.1:{port}")[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"the UI did not answer within {timeout} s")
-
-
 def _family(pid: int) -> list[psutil.Process]:
     root = psutil.Process(pid)
     return [root, *root.children(recursive=True)]
@@ -62,7 +48,7 @@ def test_make_ui_runs_the_local_only_command():
 
 
 def test_ui_listens_on_loopback_only_and_refuses_foreign_hosts(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MLFLOW_SERVER_ALLOWED_HOSTS", "MLFLOW_SERVER_CORS", "MLFLOW_SERVER_DISABLE_SECURITY"))}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/mlruns/mlflow.db"  # not the repo's own store
@@ -73,7 +59,7 @@ def test_ui_listens_on_loopback_only_and_refuses_foreign_hosts(tmp_path):
                                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     family = []
     try:
-        _wait_until_up(proc, port)
+        wait_until_up(proc, port)
         family = _family(proc.pid)
 
         # Nothing of it listens anywhere but 127.0.0.1.
