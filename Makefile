@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: repro test test-ui ui serve bench lock clean-venv
+.PHONY: repro test test-fast test-system test-ui ui serve bench lock clean-venv
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -18,25 +18,33 @@ $(STAMP): pyproject.toml requirements.lock
 repro: $(STAMP)
 	dvc repro
 
+# Every test that needs no Debian package: unit, integration and system tiers (tests/).
 test: $(STAMP)
-	python -m pytest -m "not browser"
+	python -m pytest -m "not system_packages"
 
-# The MLflow UI page in headless Chromium (Debian's package, installed here if missing).
-test-ui: $(STAMP)
+# The unit tier only: in-process, under a minute.
+test-fast: $(STAMP)
+	python -m pytest tests/unit -m "not system_packages"
+
+# The tests that need Debian packages (chromium: the MLflow UI in a headless browser), which this
+# target installs when they are missing.
+test-system: $(STAMP)
 	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
-	python -m pytest -m browser
+	python -m pytest -m system_packages
+
+test-ui: test-system
 
 ui: $(STAMP)
-	@python -m mnist_pipeline.tracking ui
+	@mnist ui
 
-# The champion model (python -m mnist_pipeline.promote) as a REST endpoint on 127.0.0.1:5001/invocations.
+# The champion model (mnist promote) as a REST endpoint on 127.0.0.1:5001/invocations.
 serve: $(STAMP)
-	@python -m mnist_pipeline.serve
+	@mnist serve
 
 # Figures, not tests: the pipeline against a bare PyTorch loop (README, Performance).
 bench: $(STAMP)
 	dvc repro split
-	python -m mnist_pipeline.bench
+	mnist bench
 
 # Re-resolve the whole dependency set into requirements.lock (run after editing pyproject.toml).
 lock:

@@ -15,8 +15,10 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 class ConfigError(ValueError):
@@ -76,7 +78,7 @@ def reports_dir(cfg: DictConfig, out_dir: Path) -> Path:
 
 
 def compose(overrides: list[str] | None = None) -> DictConfig:
-    """The composed config, for stages run as plain commands (`python -m ... key=value`)."""
+    """The composed config, for stages run as plain commands (`mnist fetch key=value`, ...)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -85,7 +87,7 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
         return hydra_compose(name, overrides=list(overrides or []))
 
 
-def stage_main(run, argv: list[str] | None = None) -> None:
+def stage_main(run, argv: list[str] | None = None, prog: str | None = None) -> None:
     """Run a stage's `run(cfg)` on the config composed from command-line overrides.
 
     A bad override or a `ConfigError` ends the process with one `error:` line on stderr and exit
@@ -101,8 +103,7 @@ def stage_main(run, argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     module = sys.modules[run.__module__]
     if any(a in ("-h", "--help") for a in argv):
-        name = module.__spec__.name if module.__spec__ else run.__module__
-        print(f"usage: python -m {name} [key=value ...]   (Hydra overrides of conf/)")
+        print(f"usage: {prog or 'python -m ' + run.__module__} [key=value ...]   (Hydra overrides of conf/)")
         print((module.__doc__ or "").strip())
         return
 

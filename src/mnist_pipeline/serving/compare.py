@@ -1,0 +1,153 @@
+"""`mnist compare [--sweep NAME]`: the runs of a sweep, side by side.
+
+Prints the sweep's points best first by val_full/acc (the selection metric; failed and diverged
+points last), draws every point's val/acc curve on one chart and, for a learning rate x batch size
+grid, a heatmap of val_full/acc, and logs both pictures to the sweep's parent run. `--promote` then
+registers the best point's model as the champion (see promote.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from mnist_pipeline.serving.registry import DEFAULT_MODEL_NAME
+from mnist_pipeline.tracking.runs import SELECTION, find_sweep, point_runs, short_name
+from mnist_pipeline.tracking.store import StoreError, add_store_args, experiment_id, experiment_name, open_store
+
+
+def _sort_key(run) -> tuple:
+    value = run.data.metrics.get(SELECTION)
+    ok = run.info.status == "FINISHED" and value is not None and not math.isnan(value)
+    return (0, -value) if ok else (1, run.info.run_name)
+
+
+def rows(client, children, swept: list[str]) -> list[dict]:
+    table = []
+    for run in sorted(children, key=_sort_key):
+        val_history = client.get_metric_history(run.info.run_id, "val/acc")
+        status = run.info.status
+        if "diverged_at_step" in run.data.tags:
+            status += f" (diverged at step {run.data.tags['diverged_at_step']})"
+        table.append({
+            "run": run.info.run_name,
+            **{short_name(k): run.data.params.get(k, "") for k in swept},
+            SELECTION: run.data.metrics.get(SELECTION),
+            "best val/acc": max((m.value for m in val_history), default=None),
+            "test/acc": run.data.metrics.get("test/acc"),
+            "steps/s": run.data.metrics.get("perf/train_steps_per_s"),
+            "status": status,
+            "_curve": sorted((m.step, m.value) for m in val_history),
+        })
+    return table
+
+
+def format_table(table: list[dict]) -> str:
+    columns = [c for c in table[0] if not c.startswith("_")]
+
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "nan" if math.isnan(value) else (f"{value:.1f}" if value >= 10 else f"{value:.4f}")
+        return "-" if value is None else str(value)
+
+    cells = [[cell(r[c]) for c in columns] for r in table]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def plot(table: list[dict], swept: list[str], out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from mnist_pipeline.atomic import write_png
+
+    def save(fig, name: str) -> Path:
+        write_png(out_dir / name, fig)
+        return out_dir / name
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for r in table:
+        if r["_curve"]:
+            label = " ".join(f"{short_name(k)}={r[short_name(k)]}" for k in swept) or r["run"]
+            ax.plot(*zip(*r["_curve"]), marker=".", label=label)
+    ax.set(xlabel="training step", ylabel="val/acc", title="Validation accuracy of every sweep point")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    paths = [save(fig, "val_acc_curves.png")]
+
+    if set(swept) >= {"optimizer.lr", "data.batch_size"}:
+        lr, bs = short_name("optimizer.lr"), short_name("data.batch_size")
+        lrs = sorted({float(r[lr]) for r in table})
+        batches = sorted({int(r[bs]) for r in table})
+        grid = np.full((len(batches), len(lrs)), np.nan)
+        for r in table:
+            if r[SELECTION] is not None:
+                grid[batches.index(int(r[bs])), lrs.index(float(r[lr]))] = r[SELECTION]
+        fig, ax = plt.subplots(figsize=(1.4 * len(lrs) + 2, 1.0 * len(batches) + 1.5))
+        im = ax.imshow(grid, cmap="viridis", origin="lower")
+        ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs])
+        ax.set_yticks(range(len(batches)), [str(v) for v in batches])
+        ax.set(xlabel="learning rate", ylabel="batch size", title=SELECTION)
+        for (i, j), v in np.ndenumerate(grid):
+            failed = np.isnan(v)
+            ax.text(j, i, "failed" if failed else f"{v:.4f}", ha="center", va="center", color="k" if failed else "w",
+                    fontsize=8)
+        fig.colorbar(im, ax=ax)
+        paths.append(save(fig, "val_full_acc_heatmap.png"))
+    return paths
+
+
+def compare(tracking_uri: str | None, experiment: str | None, sweep: str | None,
+            out: str | None) -> tuple[str, list[Path], str]:
+    """(the table as text, the pictures, the parent run's id)."""
+    from mnist_pipeline.config import project_root
+
+    client, _ = open_store(tracking_uri)
+    parent = find_sweep(client, experiment_id(client, experiment_name(experiment)), sweep)
+    children = point_runs(client, parent)
+    if not children:
+        raise StoreError(f"the sweep {parent.info.run_name!r} has no runs")
+    swept = [k for k in parent.data.tags.get("swept_keys", "").split(",") if k]
+    table = rows(client, children, swept)
+    out_dir = Path(out) if out else project_root() / "outputs" / "compare" / parent.info.run_id
+    pictures = plot(table, swept, out_dir)
+    for path in pictures:
+        client.log_artifact(parent.info.run_id, str(path), "compare")
+    header = f"sweep {parent.info.run_name!r}: {len(children)} runs, best first by {SELECTION}"
+    return f"{header}\n{format_table(table)}", pictures, parent.info.run_id
+
+
+def main(argv: list[str] | None = None, prog: str = "mnist compare") -> None:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    add_store_args(parser)
+    parser.add_argument("--sweep", help="the sweep's parent run name (default: the newest sweep)")
+    parser.add_argument("--out", help="folder for the pictures (default: outputs/compare/<parent run id>)")
+    parser.add_argument("--promote", action="store_true", help="register the sweep's best run's model and make it "
+                        "the champion (as `mnist promote --sweep NAME`)")
+    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="with --promote: the registered model "
+                        f"(default: {DEFAULT_MODEL_NAME})")
+    args = parser.parse_args(argv)
+    try:
+        text, pictures, parent_run_id = compare(args.tracking_uri, args.experiment, args.sweep, args.out)
+        print(text)
+        for path in pictures:
+            print(f"wrote {path} (also logged to the sweep's parent run)")
+        if args.promote:
+            from mnist_pipeline.serving.promote import promote
+
+            print(promote(args.tracking_uri, args.experiment, parent_run_id=parent_run_id,
+                          model_name=args.model_name))
+    except StoreError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main(prog="python -m mnist_pipeline.serving.compare")

@@ -1,0 +1,238 @@
+"""What every run records besides its metrics, and finding runs: tags, params, names, status,
+the sweep a run belongs to.
+
+A training run is created here (`start_run`) with its tags and params, written to by the Lightning
+logger (`lightning_logger.py`), and ended here with the status its process knows (`end_run`). A
+sweep's points find their parent run through the environment (the `*_ENV` names below), which the
+sweep callback sets in the launching process and every job inherits.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mnist_pipeline.config import project_root
+from mnist_pipeline.tracking.store import StoreError, ensure_experiment, use_store
+
+# Run-control keys: how a run is started, not what it is. MLflow refuses a param whose value
+# changes within a run, so these are never logged.
+RUN_CONTROL_KEYS = ("ckpt_path", "resume")
+# How runs are ranked: the model selection metric of every run (the whole val split, end of run).
+SELECTION = "val_full/acc"
+# Set by the sweep callback for every job of a -m sweep: the parent run, the sweep's name, its keys.
+PARENT_ENV = "MNIST_PIPELINE_PARENT_RUN_ID"
+SWEEP_ENV = "MNIST_PIPELINE_SWEEP"
+SWEPT_KEYS_ENV = "MNIST_PIPELINE_SWEPT_KEYS"
+# Short names of the keys people sweep most, in run names and tables.
+SHORT_NAMES = {"optimizer.lr": "lr", "data.batch_size": "bs"}
+
+
+def short_name(key: str) -> str:
+    """`lr` for optimizer.lr, `bs` for data.batch_size, else the key's last part."""
+    return SHORT_NAMES.get(key, key.rsplit(".", 1)[-1])
+
+
+def git_state(root: Path) -> dict[str, str]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout
+
+    try:
+        commit = git("rev-parse", "--verify", "HEAD").strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": "unknown"}
+    return {"git_commit": commit, "git_dirty": str(dirty).lower()}
+
+
+def process_tags() -> dict[str, str]:
+    """Host, PID and process start time: enough to tell later whether a RUNNING run's process is gone."""
+    import psutil
+
+    return {
+        "host": socket.gethostname(),
+        "pid": str(os.getpid()),
+        "pid_start_time": f"{psutil.Process().create_time():.2f}",
+    }
+
+
+START_TIME_TOLERANCE_S = 1.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    gone: bool
+    why: str
+
+
+def process_state(tags: dict[str, str], host: str | None = None) -> Verdict:
+    """Whether the process that owns a run (by its tags) is gone, as seen from this host."""
+    import psutil
+
+    host = host or socket.gethostname()
+    run_host, pid, started = tags.get("host"), tags.get("pid"), tags.get("pid_start_time")
+    if not run_host or not pid or not started:
+        return Verdict(False, "no host/pid tags: cannot tell")
+    if run_host != host:
+        return Verdict(False, f"runs on host {run_host}, not this one ({host})")
+    try:
+        pid_n, started_s = int(pid), float(started)
+    except ValueError:
+        return Verdict(False, f"unreadable pid tags (pid={pid!r}, pid_start_time={started!r})")
+    try:
+        proc = psutil.Process(pid_n)
+        created, status = proc.create_time(), proc.status()
+    except psutil.NoSuchProcess:
+        return Verdict(True, f"no process {pid_n}")
+    except psutil.AccessDenied:
+        return Verdict(False, f"process {pid_n} exists but cannot be inspected")
+    if abs(created - started_s) > START_TIME_TOLERANCE_S:
+        return Verdict(True, f"pid {pid_n} now belongs to another process")
+    if status == psutil.STATUS_ZOMBIE:
+        return Verdict(True, f"process {pid_n} is a zombie")
+    return Verdict(False, f"process {pid_n} is alive")
+
+
+def flat_params(cfg, extra: dict | None = None) -> dict[str, str]:
+    """The composed config as `a.b.c` keys (run-control keys left out), plus `extra`. A group's
+    `_target_` is logged as the group (`optimizer=torch.optim.SGD`), except where the group names
+    itself (`model.name=tfjs_cnn`: its `_target_` is the architectures' builder, the same for all)."""
+    from omegaconf import OmegaConf
+
+    def walk(node, prefix: str):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "_target_" and prefix and "name" not in node:
+                    yield prefix.rstrip("."), value
+                elif not (key.startswith("_") and key.endswith("_")):
+                    yield from walk(value, f"{prefix}{key}.")
+        else:
+            yield prefix.rstrip("."), node
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for key in RUN_CONTROL_KEYS:
+        plain.pop(key, None)
+    params = {k: ("null" if v is None else str(v)) for k, v in walk(plain, "")}
+    params.update({k: str(v) for k, v in (extra or {}).items()})
+    return params
+
+
+def run_name(cfg, swept_keys: list[str] = ()) -> str:
+    """Readable and unique: `tfjs_cnn lr=0.15 bs=64 3f9a`, plus any other swept key's value
+    (random suffix: not tied to the seed)."""
+    import secrets
+
+    from omegaconf import OmegaConf
+
+    parts = [str(cfg.model.get("name", "model")), f"lr={cfg.optimizer.lr:g}", f"bs={cfg.data.batch_size}"]
+    for key in swept_keys:
+        if key not in SHORT_NAMES:
+            parts.append(f"{short_name(key)}={OmegaConf.select(cfg, key, default=key)}")
+    return " ".join([*parts, secrets.token_hex(2)])
+
+
+def start_run(cfg, *, processed_dir: Path, out_dir: Path, overrides: list[str], extra_params: dict | None = None) -> str:
+    """Create the run with its tags and params; returns its id."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    from mnist_pipeline.data.processed import processed_sha256
+
+    uri = use_store(cfg.logger.tracking_uri)
+    experiment_id = ensure_experiment(uri, cfg.logger.experiment_name)
+    tags = {
+        **git_state(project_root()),
+        **process_tags(),
+        "hydra_overrides": " ".join(overrides),
+        "data_sha256": processed_sha256(processed_dir),
+        "output_dir": str(out_dir),
+    }
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp"] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get(PARENT_ENV):  # a point of a -m sweep: a child of the sweep's run
+        tags.update({"mlflow.parentRunId": os.environ[PARENT_ENV], "sweep": os.environ.get(SWEEP_ENV, "")})
+    swept = [k for k in os.environ.get(SWEPT_KEYS_ENV, "").split(",") if k]
+    client = MlflowClient(uri)
+    run = client.create_run(experiment_id, run_name=run_name(cfg, swept), tags=tags)
+    run_id = run.info.run_id
+    params = [Param(k, v[:6000]) for k, v in flat_params(cfg, extra_params).items()]
+    for i in range(0, len(params), 100):  # MLflow's limit per batch
+        client.log_batch(run_id, params=params[i : i + 100])
+    return run_id
+
+
+def reopen_run(run_id: str, step: int) -> None:
+    """A resumed run is RUNNING again, recorded by this process (for `runs cleanup`)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    client.update_run(run_id, status="RUNNING")
+    for key, value in {**process_tags(), "resumed_at_step": str(step)}.items():
+        client.set_tag(run_id, key, value)
+
+
+def get_tag(run_id: str, key: str) -> str | None:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient().get_run(run_id).data.tags.get(key)
+
+
+def set_tag(run_id: str, key: str, value: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient().set_tag(run_id, key, value)
+
+
+def end_run(run_id: str, status: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient().set_terminated(run_id, status)
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], step: int) -> None:
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    now = int(time.time() * 1000)
+    MlflowClient().log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+
+def log_outcome(run_id: str, cfg, files: list[Path], checkpoints: list[str]) -> None:
+    """What a finished run adds besides its model (`logged_model.log_model`): the config, reports
+    and plots, and checkpoints."""
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+    from omegaconf import OmegaConf
+
+    client = MlflowClient()
+    with tempfile.TemporaryDirectory() as tmp:
+        config_yaml = Path(tmp) / "config.yaml"
+        config_yaml.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        client.log_artifact(run_id, str(config_yaml))
+    for path in files:
+        client.log_artifact(run_id, str(path), "reports/plots" if path.parent.name == "plots" else "reports")
+    for path in checkpoints:
+        if path:
+            client.log_artifact(run_id, path, "checkpoints")
+
+
+def find_sweep(client, experiment_id: str, name: str | None = None):
+    """The parent run of the sweep called `name`, or of the newest sweep; StoreError if none."""
+    query = ("tags.sweep != ''" if name is None else f"tags.sweep = '{name}'") + " and tags.`mlflow.parentRunId` IS NULL"
+    parents = client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
+    if not parents:
+        raise StoreError(f"no sweep named {name!r}" if name else "no sweep in this experiment yet: run "
+                         "`mnist train -m optimizer.lr=0.05,0.15` first")
+    return parents[0]
+
+
+def point_runs(client, parent, filter_string: str = "", order_by: list[str] | None = None,
+                 max_results: int = 10000) -> list:
+    """The runs of a sweep (children of its parent run `parent`), optionally filtered and ordered."""
+    query = f"tags.mlflow.parentRunId = '{parent.info.run_id}'" + (f" and {filter_string}" if filter_string else "")
+    return client.search_runs([parent.info.experiment_id], query, order_by=order_by, max_results=max_results)

@@ -1,0 +1,141 @@
+"""Where MLflow lives: the store, its experiments, and the lock of an embedded store.
+
+The store is `logger.tracking_uri` (training) or `--tracking-uri` (every other command) if given,
+else $MLFLOW_TRACKING_URI, else the project's embedded store: `sqlite:///<abs project>/mlruns/mlflow.db`
+with artifacts in `<abs project>/mlruns/artifacts` (absolute, so DVC experiments run in a
+temporary copy of the repo still land in it). The experiment is `logger.experiment_name` or
+`--experiment`, else $MLFLOW_EXPERIMENT_NAME, else the default written once, in
+`conf/logger/mlflow.yaml`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from mnist_pipeline.config import ConfigError, project_root
+
+LOGGER_CONFIG = Path("conf") / "logger" / "mlflow.yaml"
+
+
+class StoreError(LookupError):
+    """No store, no such experiment or run: a one-line message saying what to do."""
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    """`explicit`, else $MLFLOW_TRACKING_URI, else the repo's embedded store. A queued DVC experiment
+    runs in a temporary copy of the repo; DVC_ROOT names the repo itself, where the store lives."""
+    root = Path(os.environ.get("DVC_ROOT") or project_root())
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+
+
+def experiment_name(explicit: str | None = None) -> str:
+    """`explicit`, else $MLFLOW_EXPERIMENT_NAME, else `experiment_name` of conf/logger/mlflow.yaml
+    (which reads the same variable: training and the other commands always agree)."""
+    if explicit:
+        return explicit
+    if os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+        return os.environ["MLFLOW_EXPERIMENT_NAME"]
+    from omegaconf import OmegaConf
+
+    path = project_root() / LOGGER_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"no {LOGGER_CONFIG} under {project_root()}: run from the project, or pass --experiment")
+    return str(OmegaConf.load(path).experiment_name)
+
+
+def add_store_args(parser) -> None:
+    """The flags of every command that is not Hydra's, naming the store as training's
+    `logger.tracking_uri=` and `logger.experiment_name=` do."""
+    parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else the repo's mlruns/)")
+    parser.add_argument("--experiment", help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else "
+                                             f"experiment_name in {LOGGER_CONFIG})")
+
+
+def use_store(explicit: str | None = None) -> str:
+    """Point this process's MLflow calls at the store; returns its URI."""
+    import mlflow
+
+    uri = tracking_uri(explicit)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def embedded_db(uri: str) -> Path | None:
+    """The SQLite file of an embedded store, None for a server or another database."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def fingerprint(uri: str) -> list | None:
+    """What changes whenever anything is written to an embedded store (its SQLite files' sizes and
+    modification times), for caching its answers; None for a server, whose answers are not cached."""
+    db = embedded_db(uri)
+    if db is None:
+        return None
+    state = []
+    for path in (db, Path(f"{db}-wal")):
+        if path.exists():
+            stat = path.stat()
+            state.append([str(path), stat.st_mtime_ns, stat.st_size])
+    return state or None
+
+
+def store_lock(uri: str):
+    """A lock that makes writers of an embedded store take turns where MLflow alone would race
+    (creating the store, an experiment, a registered model); a server serialises them itself."""
+    db = embedded_db(uri)
+    if db is None:
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{db}.lock")
+
+
+def open_store(explicit: str | None = None):
+    """(client, uri) of the store training uses, for commands that read runs. A missing embedded
+    store is a StoreError, not created empty."""
+    from mlflow.tracking import MlflowClient
+
+    uri = use_store(explicit)
+    db = embedded_db(uri)
+    if db is not None and not db.is_file():
+        raise StoreError(f"no MLflow store at {db}: train a model first (mnist train) or pass --tracking-uri")
+    return MlflowClient(uri), uri
+
+
+def experiment_id(client, name: str) -> str:
+    """The id of the experiment called `name`; StoreError if there is none."""
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        raise StoreError(f"no experiment {name!r} in this store: train something first (mnist train) "
+                         "or pass --experiment")
+    return found.experiment_id
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """The experiment's id, creating the store and experiment once, under a lock: several processes
+    creating a fresh SQLite store at once can break its schema migration. On a server no file lock
+    helps: when another process creates the experiment between our look-up and our create, the
+    server answers RESOURCE_ALREADY_EXISTS, and the experiment it created is the one."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+    from mlflow.tracking import MlflowClient
+
+    db = embedded_db(uri)
+    artifact_location = (db.parent / "artifacts").as_uri() if db is not None else None  # beside the database
+    with store_lock(uri):
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException as e:
+            if e.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id

@@ -1,0 +1,110 @@
+"""Hydra callbacks: sweeps (`-m`) as one MLflow parent run with a child run per sweep point, and
+when each job starts.
+
+A Hydra callback does the once-per-sweep work in the launching process, before any job starts and
+after they all ended: it checks every point's config (a bad key or value stops the sweep before
+anything runs), creates the store, the experiment and the parent run (parallel jobs must never
+race on creating them), and at the end tags the parent with the number of failed points.
+Jobs find the parent through the environment, which joblib's worker processes inherit.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from mnist_pipeline.tracking.runs import PARENT_ENV, SWEEP_ENV, SWEPT_KEYS_ENV
+
+_jobs_started: list[float] = []  # wall-clock start of every Hydra job of this process
+
+
+class JobStart(Callback):
+    """Notes when Hydra starts each job in this process (conf/config.yaml's hydra.callbacks)."""
+
+    def on_job_start(self, config: Any = None, **kwargs: Any) -> None:
+        _jobs_started.append(time.time())
+
+
+def job_start_time() -> float:
+    """The wall-clock start of this job: its process's start for the first job of the process."""
+    if len(_jobs_started) > 1:
+        return _jobs_started[-1]
+    import psutil
+
+    return psutil.Process().create_time()
+
+
+def sweep_points(task_overrides: list[str]) -> tuple[list[list[str]], list[str]]:
+    """Every job's overrides (as Hydra's basic sweeper expands them) and the swept keys."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(task_overrides)
+    swept = [o.get_key_element() for o in parsed if o.is_sweep_override()]
+    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    return jobs, swept
+
+
+class MLflowSweep(Callback):
+    def on_multirun_start(self, config: DictConfig, config_name: str | None = None, **kwargs: Any) -> None:
+        from hydra import compose
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        from mnist_pipeline.config import ConfigError, project_root, resolve_path
+        from mnist_pipeline.data.processed import check_processed
+        from mnist_pipeline.tracking.runs import git_state, process_tags
+        from mnist_pipeline.tracking.store import ensure_experiment, use_store
+        from mnist_pipeline.training.checks import check_config
+
+        task = list(config.hydra.overrides.task)
+        jobs, swept = sweep_points(task)
+        try:
+            for job in jobs:
+                cfg = compose(config_name=config_name, overrides=job)
+                check_config(cfg)
+            check_processed(resolve_path(cfg.data.processed_dir))
+        except (ConfigError, HydraException, OmegaConfBaseException) as e:
+            # Hydra turns a callback's exception into a warning and goes on: stop the sweep here.
+            sys.exit(f"error: no sweep point was run: {' '.join(str(e).split())}")
+        swept += [str(k) for k in (config.hydra.sweeper.get("params") or {})]  # an Optuna search space
+        os.environ[SWEPT_KEYS_ENV] = ",".join(swept)
+        if not cfg.logger.enabled:
+            return
+        uri = use_store(cfg.logger.tracking_uri)
+        experiment_id = ensure_experiment(uri, cfg.logger.experiment_name)
+        name = f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')} " + " ".join(o for o in task if "," in o or "(" in o)
+        from mlflow.tracking import MlflowClient
+
+        run = MlflowClient(uri).create_run(
+            experiment_id, run_name=name.strip(),
+            tags={"sweep": name.strip(), "swept_keys": ",".join(swept), "hydra_overrides": " ".join(task),
+                  **git_state(project_root()), **process_tags()},
+        )
+        os.environ[PARENT_ENV] = run.info.run_id
+        os.environ[SWEEP_ENV] = name.strip()
+        os.environ["MLFLOW_TRACKING_URI"] = uri  # every job, in any worker process, uses this store
+        print(f"MLflow parent run of this sweep: {name.strip()} ({run.info.run_id})", flush=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        parent = os.environ.pop(PARENT_ENV, None)
+        if not parent:
+            return
+        from mlflow.tracking import MlflowClient
+
+        from mnist_pipeline.tracking.runs import point_runs
+
+        client = MlflowClient()
+        children = point_runs(client, client.get_run(parent))
+        failed = [r for r in children if r.info.status != "FINISHED"]
+        client.set_tag(parent, "failed_points", str(len(failed)))
+        client.set_tag(parent, "points", str(len(children)))
+        client.set_terminated(parent, "FINISHED")
+        if failed:
+            names = ", ".join(r.info.run_name for r in failed)
+            print(f"{len(failed)} of {len(children)} sweep points failed: {names}", flush=True)

@@ -1,0 +1,300 @@
+"""Train the tutorial's CNN: `mnist train [key=value ...]`, `mnist train -m ...` for a sweep.
+
+The story, top to bottom: check the config and the data (a bad setting stops here, before any
+MLflow run exists), build data, model and trainer from the config, open the MLflow run, fit with a
+validation every `trainer.val_check_interval` steps, evaluate the whole val split and the test split
+with the best checkpoint, then write reports and log artifacts and the model. The run ends FINISHED,
+FAILED (an exception, or a diverged loss: tag `diverged_at_step`) or KILLED (SIGINT/SIGTERM).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from mnist_pipeline.config import (
+    ConfigError,
+    config_source,
+    project_root,
+    refresh_params_file,
+    reports_dir,
+    resolve_path,
+)
+from mnist_pipeline.tracking.runs import SELECTION
+from mnist_pipeline.training.checks import check_config
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """`paths.output_dir` if set, else the Hydra job's folder, else a fresh folder under outputs/."""
+    if cfg.paths.get("output_dir"):
+        return resolve_path(cfg.paths.output_dir)
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return project_root() / "outputs" / time.strftime("%Y-%m-%d/%H-%M-%S") / f"run-{os.getpid()}"
+
+
+def parallel_jobs() -> int:
+    """Sweep jobs sharing this machine at once (hydra/launcher=joblib n_jobs), to share its cores."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return 1
+    n_jobs = HydraConfig.get().launcher.get("n_jobs")
+    return n_jobs if isinstance(n_jobs, int) and n_jobs > 0 else 1
+
+
+def hydra_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _quiet_framework_noise() -> None:
+    """Drop Lightning's advertising tip and a deprecation warning from its own internals."""
+    import logging
+    import warnings
+
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+        lambda record: not str(record.msg).startswith("💡 Tip")
+    )
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
+@contextlib.contextmanager
+def mlflow_run(cfg: DictConfig, processed_dir: Path, out_dir: Path, extra_params: dict, resumed=None):
+    """The run this process records into, or None (tracking off, or not global rank 0).
+
+    A run this process created is ended here: FINISHED, FAILED (an exception; a diverged loss also
+    gets the tag `diverged_at_step`) or KILLED (SIGINT/SIGTERM). A run created by a DDP launcher
+    (`launch.RUN_ID_ENV`) is only written to: the launcher ends it.
+    """
+    from mnist_pipeline.model.module import DivergedError
+    from mnist_pipeline.tracking import runs
+    from mnist_pipeline.tracking.store import use_store
+    from mnist_pipeline.training import launch
+    from mnist_pipeline.training.stopping import RunKilled
+
+    if not cfg.logger.enabled or launch.global_rank() != 0:
+        yield None
+        return
+    use_store(cfg.logger.tracking_uri)
+    attached = os.environ.get(launch.RUN_ID_ENV)
+    if resumed is not None:
+        run_id = resumed.run_id
+        runs.reopen_run(run_id, resumed.step)
+    else:
+        run_id = attached or runs.start_run(cfg, processed_dir=processed_dir, out_dir=out_dir,
+                                                overrides=hydra_overrides(), extra_params=extra_params)
+    status = "FAILED"
+    try:
+        yield run_id
+        status = "FINISHED"
+    except RunKilled:
+        status = "KILLED"
+        raise
+    except DivergedError as e:
+        runs.set_tag(run_id, "diverged_at_step", str(e.step))
+        raise
+    except launch.WorkersFailed:
+        step = runs.get_tag(run_id, "diverged_at_step")
+        if step is not None:
+            raise DivergedError(int(step), float("nan")) from None
+        raise
+    finally:
+        if not attached:
+            runs.end_run(run_id, status)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train, evaluate and record one run; returns the end-of-run metrics (val_full/*, test/*)."""
+    train_called = time.perf_counter()
+    check_config(cfg)
+    _quiet_framework_noise()
+    from mnist_pipeline.data.processed import check_processed
+    from mnist_pipeline.training import launch
+
+    processed_dir = resolve_path(cfg.data.processed_dir)
+    check_processed(processed_dir)
+    world_size, local_procs = launch.layout(cfg)
+    if world_size > 1 and cfg.trainer.num_nodes > 1 and not launch.under_launcher():
+        raise ConfigError(f"trainer.num_nodes={cfg.trainer.num_nodes} needs one launcher per node: "
+                          "torchrun --nnodes=... or srun (see README, Scaling out)")
+    threads = cfg.get("threads") or max(1, len(os.sched_getaffinity(0)) // (local_procs * parallel_jobs()))
+    extra_params = {"world_size": world_size, "threads": threads}
+    resumed = None
+    if cfg.resume is not None:
+        from mnist_pipeline.training import resume
+
+        resumed = resume.find(cfg)
+    resume_ckpt = os.environ.get(launch.RESUME_ENV) or (resumed and str(resumed.checkpoint))
+    weights = None
+    if cfg.ckpt_path is not None:
+        from hydra.utils import instantiate
+
+        from mnist_pipeline.training.checkpoints import read_weights
+
+        weights = read_weights(resolve_path(cfg.ckpt_path), instantiate(cfg.model))
+    out_dir = resumed.out_dir if resumed else output_dir(cfg)
+
+    from mnist_pipeline.training.stopping import StopAtStepBoundary, signals_end_runs
+
+    stop = StopAtStepBoundary()
+    with signals_end_runs(stop), mlflow_run(cfg, processed_dir, out_dir, extra_params, resumed) as run_id:
+        if local_procs > 1 and not launch.under_launcher():
+            return launch.run_workers(cfg, out_dir, local_procs,
+                                      env={launch.RUN_ID_ENV: run_id or "", launch.RESUME_ENV: resume_ckpt or ""})
+        return fit_and_evaluate(cfg, processed_dir, out_dir, run_id, threads, stop, resume_ckpt, weights, train_called)
+
+
+def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id: str | None, threads: int,
+                     stop, resume_ckpt: str | None, weights: dict | None,
+                     train_called: float) -> dict[str, float]:
+    """This process's part of the run: fit (from `resume_ckpt` when resuming, or starting from the
+    checkpoint `weights`), evaluate the best checkpoint, write reports (rank 0)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pytorch_lightning as pl
+    import torch
+    from hydra.utils import instantiate
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from mnist_pipeline.model.architectures import record
+    from mnist_pipeline.model.module import MNISTClassifier
+    from mnist_pipeline.tracking import runs
+    from mnist_pipeline.tracking.lightning_logger import attach_logger
+    from mnist_pipeline.tracking.logged_model import log_model
+    from mnist_pipeline.training import diagnostics, reports
+    from mnist_pipeline.training.checkpoints import AtomicCheckpointIO
+    from mnist_pipeline.training.perf import PhaseTimes
+    from mnist_pipeline.training.progress import StepProgressBar
+    from mnist_pipeline.training.stopping import RunKilled
+
+    torch.set_num_threads(threads)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data, processed_dir=str(processed_dir), seed=cfg.seed)
+    model = MNISTClassifier(net=instantiate(cfg.model), optimizer=instantiate(cfg.optimizer),
+                            scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+                            architecture=record(cfg.model))
+    if weights is not None:
+        model.net.load_state_dict(weights)
+
+    history = reports.HistoryLogger()
+    phases = PhaseTimes(train_called)
+    loggers: list = [history]
+    if run_id:
+        loggers.append(attach_logger(cfg, run_id))
+    # `best` by val/acc, and `last` at every periodic validation (Lightning's save_last only saves
+    # alongside a new best) and when a run stops on an exception or a signal.
+    best = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/acc", mode="max")
+    last = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                           save_on_exception=True)
+    trainer = instantiate(
+        cfg.trainer,
+        logger=loggers,
+        callbacks=[best, last, reports.HistoryInCheckpoint(history), stop, phases, StepProgressBar()],
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,   # the datamodule slices each global batch itself
+        check_val_every_n_epoch=None,    # validate every val_check_interval steps, across epochs
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        default_root_dir=str(out_dir),
+    )
+    # The objects alive now (the libraries', the config's, the model's: ~0.5-1 million) outlive the
+    # fit. Frozen, Python's cyclic collector stops rescanning them: a full pass over them costs
+    # ~0.5 s, a sixth of an epoch, whenever it lands inside the training loop.
+    gc.freeze()
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_ckpt, weights_only=True)
+    except SIGTERMException:  # Lightning's own SIGTERM stop, which would exit with code 0
+        raise RunKilled(signal.SIGTERM) from None
+    finally:
+        gc.unfreeze()
+    trainer.test(model, datamodule=datamodule, ckpt_path=best.best_model_path or None, verbose=False,
+                 weights_only=True)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.split("/")[0] in ("val_full", "test")}
+    logging_model = bool(run_id) and trainer.is_global_zero
+    if trainer.is_global_zero:
+        # The model's export and logging (~1 s, most of it what the first torch.export and MLflow's
+        # first requirements check cost in a process) run beside the reports and their pictures.
+        with ThreadPoolExecutor(1) as beside:
+            model_logged = beside.submit(log_model, run_id, model.net, record(cfg.model)) if logging_model else None
+            into = reports_dir(cfg, out_dir)
+            files = reports.write_reports(into, metrics, history.history)
+            files += diagnostics.write_diagnostics(into, model.net, *datamodule.splits["test"])
+            if model_logged is not None:
+                model_logged.result()
+    if logging_model:
+        runs.log_outcome(run_id, cfg, files, [best.best_model_path, last.best_model_path])
+        timings = phases.metrics(trainer, datamodule.train_batches.seconds, time.perf_counter())
+        runs.log_metrics(run_id, timings, trainer.global_step)
+    return metrics
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+@hydra.main(config_path=config_source()[0], config_name=config_source()[1], version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    """Returns val_full/acc, the selection metric (what sweepers such as Optuna maximise). In a
+    sweep, a failed point is recorded FAILED and returns NaN, so the other points still run."""
+    import logging
+
+    from mnist_pipeline.model.module import DivergedError
+    from mnist_pipeline.training.launch import WorkersFailed
+    from mnist_pipeline.training.stopping import RunKilled
+
+    try:
+        return train(cfg)[SELECTION]
+    except RunKilled as e:
+        print(f"\n{e}: run marked KILLED", file=sys.stderr)
+        sys.exit(128 + e.signum)
+    except (ConfigError, DivergedError, WorkersFailed) as e:
+        if not _in_multirun():
+            sys.exit(f"error: {e}")
+        logging.getLogger(__name__).error("error: %s", e)
+    except Exception:
+        if not _in_multirun():
+            raise
+        logging.getLogger(__name__).exception("this sweep point failed")
+    return float("nan")
+
+
+def cli(argv: list[str] | None = None, prog: str = "mnist train") -> None:
+    """`mnist train [overrides]` (and `-m` sweeps): Hydra's command line, after the work that must
+    happen before Hydra starts: refresh params.yaml under `dvc repro`, keep DDP workers other than
+    rank 0 out of the output folders, and put a resumed run's Hydra output in its own folder."""
+    from mnist_pipeline.training.launch import global_rank
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if global_rank() > 0:  # a DDP worker other than rank 0: no output folder, no log file of its own
+        argv += ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout"]
+    elif not any(a in ("-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c") for a in argv):
+        from mnist_pipeline.training.resume import hydra_dir_override
+
+        try:
+            refresh_params_file()
+            argv += hydra_dir_override(argv)
+        except ConfigError as e:
+            sys.exit(f"error: {e}")
+    sys.argv = [prog, *argv]  # Hydra reads its command line from sys.argv
+    main()
+
+
+if __name__ == "__main__":  # torchrun's workers run this module (`-m mnist_pipeline.training.train`)
+    cli(prog="python -m mnist_pipeline.training.train")
