@@ -40,7 +40,8 @@ def test_the_experiment_is_named_the_same_way_for_training_and_the_other_command
     trained = mnist("train", *tiny_overrides(processed, store, tmp_path / "out"), "trainer.max_steps=5", env=env)
     assert trained.returncode == 0, trained.stderr[-2000:]
     client = store_client(store)
-    assert "team-a" in [e.name for e in client.search_experiments()] and "mnist" not in [e.name for e in client.search_experiments()]
+    names = [e.name for e in client.search_experiments()]
+    assert "team-a" in names and "mnist" not in names
     uri = f"sqlite:///{store}/mlflow.db"
     listed = mnist("runs", "list", "--tracking-uri", uri, env=env)
     assert listed.returncode == 0 and "0 RUNNING run(s) in 'team-a'" in listed.stdout
@@ -60,7 +61,7 @@ def test_a_reader_that_closes_the_pipe_ends_it_quietly(tiny_run, tmp_path):
     image.save(picture)
     files = " ".join([str(picture)] * 400)  # ~150 KB of JSON: more than a pipe holds
     ckpt = tiny_run.out / "checkpoints" / "best.ckpt"
-    result = subprocess.run(f"{MNIST[0]} predict --json --ckpt {ckpt} {files} | head -1; echo \"exit ${{PIPESTATUS[0]}}\"",
-                            shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120)
+    command = f"{MNIST[0]} predict --json --ckpt {ckpt} {files} | head -1; echo \"exit ${{PIPESTATUS[0]}}\""
+    result = subprocess.run(command, shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120)
     assert result.stdout.splitlines() == ["[", "exit 141"]
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr

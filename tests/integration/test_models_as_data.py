@@ -184,7 +184,8 @@ def test_relog_makes_the_champion_data_again(pickled_champion, tmp_path):
     relogged = mnist("promote", "--relog", *store, timeout=180)
     assert relogged.returncode == 0, relogged.stderr[-3000:]
     assert "re-logged the model of run" in relogged.stdout and "tfjs_cnn" in relogged.stdout
-    assert "registered as new version 2 of 'mnist-cnn'; alias 'champion' moved to it (was: version 1)" in relogged.stdout
+    assert ("registered as new version 2 of 'mnist-cnn'; alias 'champion' moved to it (was: version 1)"
+            in relogged.stdout)
     from PIL import Image
 
     Image.fromarray((INPUTS[0, 0] * 255).astype(np.uint8)).save(tmp_path / "digit.png")

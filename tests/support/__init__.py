@@ -15,5 +15,5 @@ from support.runs import (
                           tiny_overrides,
 )
 
-__all__ = ["FAULTY", "MNIST", "ROOT", "TinyRun", "compose", "metric_steps", "mnist", "run_cli", "store_client", "store_runs",
-           "tiny_overrides"]
+__all__ = ["FAULTY", "MNIST", "ROOT", "TinyRun", "compose", "metric_steps", "mnist", "run_cli", "store_client",
+           "store_runs", "tiny_overrides"]

@@ -80,7 +80,8 @@ def log_model(run_id: str, net, architecture: dict) -> str:
 def cache_root() -> Path:
     """Where downloaded model files are kept, one folder per model id (a model's files never
     change): $MNIST_PIPELINE_CACHE, else $XDG_CACHE_HOME/mnist-pipeline, else ~/.cache/mnist-pipeline."""
-    base = os.environ.get("MNIST_PIPELINE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "mnist-pipeline"
+    base = os.environ.get("MNIST_PIPELINE_CACHE") or (
+        Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "mnist-pipeline")
     return Path(base).expanduser() / "models"
 
 

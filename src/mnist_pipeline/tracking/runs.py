@@ -135,7 +135,8 @@ def run_name(cfg, swept_keys: list[str] = ()) -> str:
     return " ".join([*parts, secrets.token_hex(2)])
 
 
-def start_run(cfg, *, processed_dir: Path, out_dir: Path, overrides: list[str], extra_params: dict | None = None) -> str:
+def start_run(cfg, *, processed_dir: Path, out_dir: Path, overrides: list[str],
+              extra_params: dict | None = None) -> str:
     """Create the run with its tags and params; returns its id."""
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
@@ -223,7 +224,8 @@ def log_outcome(run_id: str, cfg, files: list[Path], checkpoints: list[str]) -> 
 
 def find_sweep(client, experiment_id: str, name: str | None = None):
     """The parent run of the sweep called `name`, or of the newest sweep; StoreError if none."""
-    query = ("tags.sweep != ''" if name is None else f"tags.sweep = '{name}'") + " and tags.`mlflow.parentRunId` IS NULL"
+    query = ("tags.sweep != ''" if name is None else f"tags.sweep = '{name}'")
+    query += " and tags.`mlflow.parentRunId` IS NULL"
     parents = client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
     if not parents:
         raise StoreError(f"no sweep named {name!r}" if name else "no sweep in this experiment yet: run "
