@@ -15,7 +15,7 @@ import sys
 
 # name: (module whose main(argv, prog) runs it, one line of help)
 COMMANDS = {
-    "train": ("mnist_pipeline.training.train:cli", "train a model (Hydra overrides key=value; -m for a sweep)"),
+    "train": ("mnist_pipeline.training.command:cli", "train a model (Hydra overrides key=value; -m for a sweep)"),
     "fetch": ("mnist_pipeline.data.fetch", "DVC stage: the four MNIST files, sha256-verified, into data/raw"),
     "split": ("mnist_pipeline.data.split", "DVC stage: data/raw -> data/processed/{train,val,test}.npz"),
     "compare": ("mnist_pipeline.serving.compare", "a sweep's runs side by side: table, curves, heatmap"),

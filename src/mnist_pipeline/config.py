@@ -77,14 +77,15 @@ def reports_dir(cfg: DictConfig, out_dir: Path) -> Path:
     return resolve_path(cfg.paths.reports_dir) if cfg.paths.reports_dir else out_dir
 
 
-def compose(overrides: list[str] | None = None) -> DictConfig:
-    """The composed config, for stages run as plain commands (`mnist fetch key=value`, ...)."""
+def compose(overrides: list[str] | None = None, with_hydra: bool = False) -> DictConfig:
+    """The composed config, for stages run as plain commands (`mnist fetch key=value`, ...);
+    `with_hydra`: with Hydra's own settings (`hydra.run.dir`, ...) under `hydra`."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     folder, name = config_source()
     with initialize_config_dir(config_dir=folder, version_base="1.3"):
-        return hydra_compose(name, overrides=list(overrides or []))
+        return hydra_compose(name, overrides=list(overrides or []), return_hydra_config=with_hydra)
 
 
 def stage_main(run, argv: list[str] | None = None, prog: str | None = None) -> None:

@@ -40,6 +40,7 @@ def test_sigkill_at_step_37_then_resume_ends_exactly_like_an_uninterrupted_run(p
     resumed = mnist("train", *[a for a in args if not a.startswith("hydra.run.dir")],
                       "resume=last", env=FAULTY)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "not resumable" not in resumed.stdout + resumed.stderr, "the loader is resumable: no false warning"
     (after,) = store_runs(store)
     assert after.info.run_id == run.info.run_id and after.info.status == "FINISHED"
     assert after.data.tags["resumed_at_step"] == "35" and after.data.tags["output_dir"] == str(job)

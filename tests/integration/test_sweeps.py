@@ -57,6 +57,10 @@ def test_sweep_points_are_children_of_one_parent_and_failures_are_counted(grid_s
         else:
             assert run.info.status == "FAILED" and run.data.tags["diverged_at_step"] == "2"
     assert "2 of 4 sweep points failed" in result.stdout + result.stderr
+    table = result.stdout[result.stdout.index("best first by val_full/acc"):].splitlines()
+    points = [row for row in table if row.startswith("tfjs_cnn lr=")]
+    assert table[1].split()[:3] == ["run", "lr", "bs"] and len(points) == 4, "the sweep ends with compare's table"
+    assert "FINISHED" in points[0] and "FAILED (diverged at step 2)" in points[-1]
 
 
 def test_parallel_sweep_with_joblib_loses_nothing(processed, tmp_path):

@@ -44,3 +44,14 @@ class KillsItself(_FailsAtCall):
 
     def fail(self) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class DiskFullAtStep8(_FailsAtCall):
+    """Its 8th training step fails as a write to a full disk does: a failure during a run."""
+
+    at_call = 8
+
+    def fail(self) -> None:
+        import errno
+
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "out/checkpoints")

@@ -99,7 +99,7 @@ def test_two_simulated_nodes_make_one_run(processed, tmp_path):
     nodes = [
         subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", f"--node-rank={rank}",
-             "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "mnist_pipeline.training.train", *args,
+             "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "mnist_pipeline", "train", *args,
              "trainer=ddp_cpu", "trainer.devices=1", "trainer.num_nodes=2", "trainer.max_steps=10",
              f"hydra.run.dir={job}"],
             cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

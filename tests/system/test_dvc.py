@@ -112,6 +112,14 @@ def test_repro_runs_everything_then_nothing_then_only_what_changed(repo_copy):
     metrics_show = _sh("dvc", "metrics", "show", "--json", cwd=repo_copy)
     assert "test/acc" in metrics_show.stdout
 
+    # `dvc plots show`: each plot once, into dvc_plots/, which git ignores.
+    plots = json.loads(_sh("dvc", "plots", "show", "--json", cwd=repo_copy).stdout)["data"]
+    assert sorted(plots) == sorted(["Loss vs training step", "Accuracy vs validation step", "reports/plots/loss.png",
+                                    "reports/plots/accuracy.png", "Confusion matrix of the test set",
+                                    "reports/plots/confusion_matrix.png", "reports/plots/most_confident_errors.png"])
+    assert _sh("dvc", "plots", "show", cwd=repo_copy).returncode == 0 and (repo_copy / "dvc_plots").is_dir()
+    assert "dvc_plots" not in _sh("git", "status", "--porcelain", cwd=repo_copy).stdout
+
 
 def _store(repo: Path):
     client = store_client(repo / "mlruns")
@@ -154,6 +162,17 @@ def test_dvc_experiments_train_with_their_overrides_and_land_in_the_repo_store(r
     assert {"0.05", "0.07", "0.09"} <= set(by_lr)
     assert all(by_lr[lr].info.status == "FINISHED" for lr in ("0.07", "0.09"))
     assert not list((repo_copy / ".dvc" / "tmp").rglob("mlflow.db")), "no run lost in a temporary copy"
+
+    # The README's `dvc exp show` line: the swept keys and the metrics that rank runs, readable.
+    (line,) = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("dvc exp show --")]
+    table = subprocess.run(f"{line} --no-pager", shell=True, cwd=repo_copy, capture_output=True, text=True,
+                           env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                                "COLUMNS": "100"}, timeout=120)
+    assert table.returncode == 0, table.stderr
+    rows = [row.strip() for row in table.stdout.splitlines() if row.strip() and not row.strip().startswith("─")]
+    assert rows[0].split() == ["Experiment", "test/acc", "val_full/acc", "seed", "data.batch_size", "optimizer.lr"]
+    assert max(len(row) for row in table.stdout.splitlines()) <= 100
+    assert any("0.05" in row for row in rows[1:])
 
     show = json.loads(_sh("dvc", "exp", "show", "--json", cwd=repo_copy).stdout)
     text = json.dumps(show)

@@ -81,6 +81,20 @@ def test_make_serve_answers_what_predict_answers(champion_real, tmp_path, capsys
         known |= set(server.children(recursive=True))
         assert len(known) >= 2, "mlflow and the uvicorn server it started"
 
+        # The README's lines, as written (but for the port): a request of two test digits, then curl.
+        readme = (ROOT / "README.md").read_text()
+        (example,) = [line.split("#")[0].strip() for line in readme.splitlines() if line.startswith("mnist serve --example")]
+        (curl,) = [line for line in readme.splitlines() if line.startswith("curl ")]
+        made = subprocess.run(f"{MNIST[0]} {example.removeprefix('mnist ')} --processed-dir {champion_real.processed}",
+                              shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert made.returncode == 0 and made.stdout.startswith("wrote request.json: 2 test digits"), made.stderr
+        curled = subprocess.run(curl.replace("5001", str(port)), shell=True, cwd=tmp_path, capture_output=True,
+                                text=True, timeout=60)
+        assert curled.returncode == 0, curled.stderr
+        example_probs = np.asarray(json.loads(curled.stdout)["predictions"])
+        assert example_probs.shape == (2, 10)
+        assert example_probs.argmax(axis=1).tolist() == champion_real.test_labels[:2].tolist()
+
         answer = post_json(f"http://127.0.0.1:{port}/invocations", {"inputs": inputs.tolist()})
         served = np.asarray(answer["predictions"], dtype=np.float64)
         assert served.shape == (len(files), 10)

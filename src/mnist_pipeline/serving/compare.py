@@ -9,55 +9,31 @@ registers the best point's model as the champion (see promote.py).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
 from mnist_pipeline.serving.registry import DEFAULT_MODEL_NAME
 from mnist_pipeline.tracking.runs import SELECTION, find_sweep, point_runs, short_name
 from mnist_pipeline.tracking.store import StoreError, add_store_args, experiment_id, experiment_name, open_store
+from mnist_pipeline.tracking.sweep_table import format_table, rows
 
 
-def _sort_key(run) -> tuple:
-    value = run.data.metrics.get(SELECTION)
-    ok = run.info.status == "FINISHED" and value is not None and not math.isnan(value)
-    return (0, -value) if ok else (1, run.info.run_name)
+def heatmap(table: list[dict], lrs: list[float], batches: list[int]):
+    """(val_full/acc per batch x lr cell, NaN where none; each cell's label). A cell with no run
+    says "not run" (an Optuna search tries some cells only), one whose runs failed "failed"."""
+    import numpy as np
 
-
-def rows(client, children, swept: list[str]) -> list[dict]:
-    table = []
-    for run in sorted(children, key=_sort_key):
-        val_history = client.get_metric_history(run.info.run_id, "val/acc")
-        status = run.info.status
-        if "diverged_at_step" in run.data.tags:
-            status += f" (diverged at step {run.data.tags['diverged_at_step']})"
-        table.append({
-            "run": run.info.run_name,
-            **{short_name(k): run.data.params.get(k, "") for k in swept},
-            SELECTION: run.data.metrics.get(SELECTION),
-            "best val/acc": max((m.value for m in val_history), default=None),
-            "test/acc": run.data.metrics.get("test/acc"),
-            "steps/s": run.data.metrics.get("perf/train_steps_per_s"),
-            "status": status,
-            "_curve": sorted((m.step, m.value) for m in val_history),
-        })
-    return table
-
-
-def format_table(table: list[dict]) -> str:
-    columns = [c for c in table[0] if not c.startswith("_")]
-
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return "nan" if math.isnan(value) else (f"{value:.1f}" if value >= 10 else f"{value:.4f}")
-        return "-" if value is None else str(value)
-
-    cells = [[cell(r[c]) for c in columns] for r in table]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
+    lr, bs = short_name("optimizer.lr"), short_name("data.batch_size")
+    grid = np.full((len(batches), len(lrs)), np.nan)
+    tried = np.zeros(grid.shape, dtype=bool)
+    for r in table:
+        cell = batches.index(int(r[bs])), lrs.index(float(r[lr]))
+        tried[cell] = True
+        if r[SELECTION] is not None and not np.isnan(r[SELECTION]):
+            grid[cell] = r[SELECTION] if np.isnan(grid[cell]) else max(grid[cell], r[SELECTION])
+    labels = [[f"{v:.4f}" if not np.isnan(v) else ("failed" if tried[i, j] else "not run") for j, v in enumerate(row)]
+              for i, row in enumerate(grid)]
+    return grid, labels
 
 
 def plot(table: list[dict], swept: list[str], out_dir: Path) -> list[Path]:
@@ -87,19 +63,14 @@ def plot(table: list[dict], swept: list[str], out_dir: Path) -> list[Path]:
         lr, bs = short_name("optimizer.lr"), short_name("data.batch_size")
         lrs = sorted({float(r[lr]) for r in table})
         batches = sorted({int(r[bs]) for r in table})
-        grid = np.full((len(batches), len(lrs)), np.nan)
-        for r in table:
-            if r[SELECTION] is not None:
-                grid[batches.index(int(r[bs])), lrs.index(float(r[lr]))] = r[SELECTION]
+        grid, labels = heatmap(table, lrs, batches)
         fig, ax = plt.subplots(figsize=(1.4 * len(lrs) + 2, 1.0 * len(batches) + 1.5))
         im = ax.imshow(grid, cmap="viridis", origin="lower")
         ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs])
         ax.set_yticks(range(len(batches)), [str(v) for v in batches])
         ax.set(xlabel="learning rate", ylabel="batch size", title=SELECTION)
         for (i, j), v in np.ndenumerate(grid):
-            failed = np.isnan(v)
-            ax.text(j, i, "failed" if failed else f"{v:.4f}", ha="center", va="center", color="k" if failed else "w",
-                    fontsize=8)
+            ax.text(j, i, labels[i][j], ha="center", va="center", color="w" if not np.isnan(v) else "k", fontsize=8)
         fig.colorbar(im, ax=ax)
         paths.append(save(fig, "val_full_acc_heatmap.png"))
     return paths

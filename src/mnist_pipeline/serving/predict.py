@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+from pathlib import Path
 
 
 def parse_args(argv: list[str] | None, prog: str = "mnist predict"):
@@ -34,37 +37,74 @@ def parse_args(argv: list[str] | None, prog: str = "mnist predict"):
     return parser.parse_args(argv)
 
 
-def done(value):
-    """`value` as a finished future."""
-    from concurrent.futures import Future
-
-    future = Future()
-    future.set_result(value)
-    return future
-
-
-def in_background(fn, *args):
-    """`fn(*args)` in a forked process, as a future: its imports and the store's answers overlap this
-    process's own imports on another core. Where there is no fork, or this process already runs
-    other threads (a fork copies their locks, held or not), it runs here, now."""
-    import multiprocessing
+def can_fork() -> bool:
+    """Whether a fork is safe here: there is one, and no other thread runs (a fork copies the
+    other threads' locks, held or not, into a child that has none of those threads)."""
     import threading
 
-    if "fork" not in multiprocessing.get_all_start_methods() or threading.active_count() > 1:
-        from concurrent.futures import Future
+    return hasattr(os, "fork") and threading.active_count() == 1
 
-        future = Future()
+
+class ModelLookup:
+    """`registry.locate(args)`, started at once in a forked process, so that its imports (MLflow's
+    client, ~1 s) and the store's answers overlap this process's own (torch, ~1 s) on another core.
+    The answer comes back through a pipe as JSON: nothing is unpickled. With the store's last answer
+    still valid, or where forking is not safe, it is found here when asked."""
+
+    def __init__(self, args) -> None:
+        from mnist_pipeline.serving import registry
+
+        self.args, self.pid, self.fd = args, None, None
+        self.answer = registry.cached_location(args)
+        if self.answer is None and can_fork():
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: answer, then leave at once (no atexit handlers, no buffers flushed)
+                os.close(read)
+                with os.fdopen(write, "w") as out:
+                    json.dump(self._ask(), out)
+                os._exit(0)
+            os.close(write)
+            self.pid, self.fd = pid, read
+
+    def _ask(self) -> dict:
+        from mnist_pipeline.serving import registry
+
         try:
-            future.set_result(fn(*args))
-        except Exception as e:  # noqa: BLE001  re-raised by .result(), as from the forked process
-            future.set_exception(e)
-        return future
-    from concurrent.futures import ProcessPoolExecutor
+            found = registry.locate(self.args)
+        except registry.StoreError as e:
+            return {"error": str(e)}
+        except Exception as e:  # noqa: BLE001  reported in the parent as one line
+            return {"error": f"cannot find the model: {type(e).__name__}: {registry.first_line(e)}"}
+        return {"weights": str(found.weights), "architecture": found.architecture, "what": found.what,
+                "notes": found.notes}
 
-    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
-    future = pool.submit(fn, *args)
-    pool.shutdown(wait=False)
-    return future
+    def result(self):
+        """The Located model; a ModelError if there is none."""
+        from mnist_pipeline.serving import registry
+
+        if self.answer is not None:
+            return self.answer
+        if self.pid is None:
+            return registry.locate(self.args)
+        with os.fdopen(self.fd) as pipe:
+            text = pipe.read()
+        os.waitpid(self.pid, 0)
+        self.pid = None
+        answer = json.loads(text) if text else {"error": "the process that looked for the model died"}
+        if "error" in answer:
+            raise registry.ModelError(answer["error"])
+        self.answer = registry.Located(Path(answer["weights"]), answer["architecture"], answer["what"],
+                                       answer["notes"])
+        return self.answer
+
+    def abandon(self) -> None:
+        """Stop looking: the answer is not needed."""
+        if self.pid is not None:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+            os.close(self.fd)
+            self.pid = None
 
 
 def probabilities(net, inputs) -> list[list[float]]:
@@ -91,28 +131,30 @@ def main(argv: list[str] | None = None, prog: str = "mnist predict") -> int:
     args = parse_args(argv, prog)
     from mnist_pipeline.serving import registry
 
-    located = None
-    if not args.ckpt:  # the store's answer: kept from the last call if nothing was written since, else asked
-        cached = registry.cached_location(args)
-        located = in_background(registry.locate, args) if cached is None else done(cached)
+    lookup = None if args.ckpt else ModelLookup(args)
     from mnist_pipeline.serving.digits import DigitError, load
 
-    # Pictures first (cheap): a file that gives no digit is reported even if the model is missing.
-    # Then torch, while the forked process is still asking the store.
+    # The pictures first: files that give no digit are reported whether or not there is a model.
     pictures = {}
     for file in args.files:
         try:
             pictures[file] = load(file)
         except DigitError as e:
             pictures[file] = e
-    import torch  # noqa: F401
+    if all(isinstance(p, DigitError) for p in pictures.values()):
+        if lookup is not None:
+            lookup.abandon()
+        for file, picture in pictures.items():
+            print(f"error: {file}: {picture}", file=sys.stderr)
+        return 1
+    import torch  # noqa: F401  (while the forked process is still asking the store)
 
     from mnist_pipeline.model import architectures  # noqa: F401
     try:
-        if located is None:
+        if lookup is None:
             net, what = registry.load_checkpoint(args.ckpt), f"checkpoint {args.ckpt}"
         else:
-            found = located.result()
+            found = lookup.result()
             for text in found.notes:
                 print(text, file=sys.stderr)
             net, what = registry.load(found), found.what

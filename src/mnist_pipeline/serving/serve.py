@@ -5,7 +5,10 @@
 Serves `models:/<model name>@champion` from the store training uses, in this environment
 (`--env-manager local`), on the loopback interface only. POST /invocations with
 {"inputs": <float pixels in [0, 1], shape (N, 1, 28, 28)>} answers {"predictions": N x 10
-probabilities}. `mnist promote` makes a champion.
+probabilities}. `mnist promote` makes a champion. `mnist serve --example [FILE]` writes such a
+request (default `request.json`) of two test digits instead of serving:
+
+    mnist serve --example && curl -s 127.0.0.1:5001/invocations -H 'Content-Type: application/json' -d @request.json
 """
 
 from __future__ import annotations
@@ -22,6 +25,26 @@ def command(model_uri: str, port: int = PORT, host: str = HOST) -> list[str]:
             "--host", host, "--port", str(port)]
 
 
+EXAMPLE_IMAGES = 2
+
+
+def write_example(path: str, processed_dir: str | None) -> str:
+    """A request of the first test digits, as /invocations takes it; what was written, in words."""
+    import json
+
+    from mnist_pipeline.atomic import write_text
+    from mnist_pipeline.config import compose, resolve_path
+    from mnist_pipeline.data.processed import as_input, read_split, split_files
+
+    test = split_files(resolve_path(processed_dir or compose().data.processed_dir))["test"]
+    if not test.is_file():
+        raise FileNotFoundError(f"{test}: no test split: run `dvc repro split` first (or pass --processed-dir)")
+    images, labels = read_split(test)
+    inputs = as_input(images[:EXAMPLE_IMAGES]).numpy().round(4)
+    write_text(path, json.dumps({"inputs": inputs.tolist()}))
+    return f"wrote {path}: {EXAMPLE_IMAGES} test digits ({', '.join(map(str, labels[:EXAMPLE_IMAGES].tolist()))})"
+
+
 def main(argv: list[str] | None = None, prog: str = "mnist serve") -> None:
     from mnist_pipeline.serving.registry import CHAMPION, DEFAULT_MODEL_NAME, StoreError, locate, registered
     from mnist_pipeline.tracking.store import add_store_args, open_store
@@ -30,7 +53,16 @@ def main(argv: list[str] | None = None, prog: str = "mnist serve") -> None:
     add_store_args(parser)
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
     parser.add_argument("--port", type=int, default=PORT)
+    parser.add_argument("--example", nargs="?", const="request.json", metavar="FILE",
+                        help="write a request of two test digits to FILE (default: request.json) and exit")
+    parser.add_argument("--processed-dir", help="with --example: folder of test.npz (default: the config's)")
     args = parser.parse_args(argv)
+    if args.example:
+        try:
+            print(write_example(args.example, args.processed_dir))
+        except (FileNotFoundError, OSError) as e:
+            sys.exit(f"error: {e}")
+        return
     try:
         client, uri = open_store(args.tracking_uri)
         model = registered(client, args.model_name)

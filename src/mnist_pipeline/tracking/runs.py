@@ -19,9 +19,9 @@ from pathlib import Path
 from mnist_pipeline.config import project_root
 from mnist_pipeline.tracking.store import StoreError, ensure_experiment, use_store
 
-# Run-control keys: how a run is started, not what it is. MLflow refuses a param whose value
-# changes within a run, so these are never logged.
-RUN_CONTROL_KEYS = ("ckpt_path", "resume")
+# Run-control keys: how a run is started or shown, not what it is. MLflow refuses a param whose
+# value changes within a run (a resumed run may change them), so these are never logged.
+RUN_CONTROL_KEYS = ("ckpt_path", "resume", "progress_every_n_steps")
 # How runs are ranked: the model selection metric of every run (the whole val split, end of run).
 SELECTION = "val_full/acc"
 # Set by the sweep callback for every job of a -m sweep: the parent run, the sweep's name, its keys.

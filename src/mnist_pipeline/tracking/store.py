@@ -23,11 +23,16 @@ class StoreError(LookupError):
     """No store, no such experiment or run: a one-line message saying what to do."""
 
 
-def tracking_uri(explicit: str | None = None) -> str:
-    """`explicit`, else $MLFLOW_TRACKING_URI, else the repo's embedded store. A queued DVC experiment
-    runs in a temporary copy of the repo; DVC_ROOT names the repo itself, where the store lives."""
+def embedded_uri() -> str:
+    """The repo's own store. A queued DVC experiment runs in a temporary copy of the repo; DVC_ROOT
+    names the repo itself, where the store lives."""
     root = Path(os.environ.get("DVC_ROOT") or project_root())
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    return f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    """`explicit`, else $MLFLOW_TRACKING_URI, else the repo's embedded store."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or embedded_uri()
 
 
 def experiment_name(explicit: str | None = None) -> str:

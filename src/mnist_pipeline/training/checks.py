@@ -1,13 +1,20 @@
-"""Every setting a typo can break, checked before any work is done: before an MLflow run, an output
-folder or a training step exists. Also run by the sweep callback on every point of a sweep."""
+"""Every input a typo or a broken machine can spoil, checked before any work is done: before an
+MLflow run, an output folder or a training step exists. `mnist train` runs these before Hydra
+starts; the sweep callback runs them on every point of a sweep; `train(cfg)` runs them too.
+Each refusal is a ConfigError: one line naming the key or file and the fix."""
 
 from __future__ import annotations
 
 import math
+import os
+import tempfile
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_pipeline.config import ConfigError, resolve_path
+
+SEEDS = (0, 2**32 - 1)  # what numpy (and so Lightning's seed_everything) accepts
 
 
 def _positive(cfg: DictConfig, key: str, kind: type = int) -> None:
@@ -24,8 +31,8 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("data.batch_size", "data.val_subset_size", "data.eval_batch_size", "trainer.max_steps",
                 "trainer.val_check_interval"):
         _positive(cfg, key)
-    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
-        raise ConfigError(f"seed must be a whole number, got {cfg.seed!r}")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not SEEDS[0] <= cfg.seed <= SEEDS[1]:
+        raise ConfigError(f"seed must be a whole number in {SEEDS[0]} .. {SEEDS[1]}, got {cfg.seed!r}: e.g. seed=0")
     devices, nodes = cfg.trainer.devices, cfg.trainer.num_nodes
     if isinstance(devices, int) and isinstance(nodes, int) and cfg.data.batch_size % (devices * nodes):
         raise ConfigError(
@@ -38,3 +45,46 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError("give resume= (continue a run) or ckpt_path= (start from weights), not both")
     if cfg.resume is not None and not cfg.logger.enabled:
         raise ConfigError("resume= finds the run in MLflow: it needs logger=mlflow")
+    check_device(cfg)
+
+
+def check_device(cfg: DictConfig) -> None:
+    """A GPU trainer on a machine whose torch sees no CUDA device."""
+    if str(cfg.trainer.accelerator) not in ("gpu", "cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={cfg.trainer.accelerator} (trainer=gpu or trainer=ddp): no CUDA "
+                          "device here: use trainer=cpu or trainer=ddp_cpu")
+
+
+def check_data(cfg: DictConfig, processed_dir: Path) -> None:
+    """The split files are whole (and, for the split stage's own folder, what dvc.lock recorded), and
+    hold what the config asks of them."""
+    from mnist_pipeline.data.integrity import check_splits
+
+    sizes = check_splits(processed_dir)
+    if cfg.data.batch_size > sizes["train"]:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} is larger than the training split "
+                          f"({sizes['train']} images in {processed_dir}): e.g. data.batch_size=64")
+    if cfg.data.val_subset_size > sizes["val"]:
+        raise ConfigError(f"data.val_subset_size={cfg.data.val_subset_size} is larger than the val split "
+                          f"({sizes['val']} images): e.g. data.val_subset_size=1000")
+
+
+def check_writable(key: str, folder: str | os.PathLike) -> None:
+    """`folder` can be made and written to: a temp file is written in it, or, while it does not
+    exist yet, a temp folder in its nearest existing parent (so a refusal leaves nothing behind)."""
+    folder = Path(folder)
+    probe_in = folder
+    while not probe_in.exists() and probe_in != probe_in.parent:
+        probe_in = probe_in.parent
+    try:
+        if not probe_in.is_dir():
+            raise NotADirectoryError(f"{probe_in} is a file, not a folder")
+        with tempfile.TemporaryDirectory(dir=probe_in, prefix=".write-probe-") as probe:
+            (Path(probe) / "probe").write_bytes(b"ok")
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise ConfigError(f"{key}={folder}: cannot write there ({reason}): choose another folder") from None

@@ -37,6 +37,15 @@ class TrainBatches:
     def __len__(self) -> int:
         return self.steps_per_epoch
 
+    # Lightning warns, on resuming mid-epoch, that a loader without this interface "is not resumable
+    # ... unreliable results". This one is: its position is the trainer's global step, which the
+    # checkpoint restores, so it has no state of its own to save or load.
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
     def global_batch(self, step: int) -> torch.Tensor:
         """Indices of the whole global batch of (0-based) step `step`."""
         epoch, pos = divmod(step, self.steps_per_epoch)

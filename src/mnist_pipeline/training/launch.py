@@ -65,7 +65,7 @@ def run_workers(cfg: DictConfig, out_dir: Path, nproc: int, env: dict[str, str])
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
         f"--nproc-per-node={nproc}", "--max-restarts=0", "--monitor-interval=0.5",
-        "-m", "mnist_pipeline.training.train", "--config-path", str(out_dir), "--config-name", WORKER_CONFIG,
+        "-m", "mnist_pipeline", "train", "--config-path", str(out_dir), "--config-name", WORKER_CONFIG,
         f"hydra.run.dir={out_dir}", "hydra.output_subdir=null",
     ]
     worker_env = {**os.environ, **env}

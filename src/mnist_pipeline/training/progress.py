@@ -1,10 +1,13 @@
-"""A progress bar over optimizer steps (not epochs): step, loss and the latest val accuracy."""
+"""Progress over optimizer steps (not epochs): step, loss and the latest val accuracy, as a bar on
+a terminal and as plain log lines elsewhere."""
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 
-from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.callbacks import Callback, TQDMProgressBar
 from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
 
 
@@ -46,3 +49,34 @@ class StepProgressBar(TQDMProgressBar):
         if "train/loss" in getattr(pl_module, "last_train", {}):  # logged outside self.log (module.py)
             metrics = {"train/loss": f"{pl_module.last_train['train/loss']:.3g}", **metrics}
         return metrics
+
+
+class StepLines(Callback):
+    """Off a terminal (a log file, CI, a sweep's jobs, SLURM), a bar's carriage-return frames are
+    noise: one plain log line every `every` steps instead, with the step, loss and latest val/acc.
+    Logged, so Hydra's job log file gets them too."""
+
+    def __init__(self, every: int) -> None:
+        self.every = max(1, int(every))
+        self.lines = logging.getLogger("mnist_pipeline.training")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step % self.every and step != trainer.max_steps:
+            return
+        loss = getattr(pl_module, "last_train", {}).get("train/loss")
+        val = trainer.callback_metrics.get("val/acc")
+        parts = [f"step {step}/{trainer.max_steps}"]
+        if loss is not None:
+            parts.append(f"train/loss {loss:.4f}")
+        if val is not None:
+            parts.append(f"val/acc {float(val):.4f}")
+        self.lines.info("  ".join(parts))
+
+
+def progress_callback(every: int | None, max_steps: int) -> tuple[Callback, bool]:
+    """(the progress callback, whether Lightning's own bars stay on): a bar over steps on a
+    terminal, plain lines every `every` steps (default: ten in a run) elsewhere."""
+    if sys.stderr.isatty():
+        return StepProgressBar(), True
+    return StepLines(every or max(1, max_steps // 10)), False

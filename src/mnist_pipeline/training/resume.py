@@ -89,16 +89,3 @@ def check_same_config(cfg, run) -> None:
     if differ:
         shown = ", ".join(f"{k}={logged[k]} (now {now[k]})" for k in differ[:5])
         raise ConfigError(f"resume with the run's own settings: {shown}")
-
-
-def hydra_dir_override(overrides: list[str]) -> list[str]:
-    """For `mnist train ... resume=...`: put Hydra's output in the run's own
-    folder, not a new one (unless hydra.run.dir is given)."""
-    if not any(o.startswith("resume=") for o in overrides) or any(o.startswith("hydra.run.dir=") for o in overrides):
-        return []
-    from mnist_pipeline.config import compose
-
-    cfg = compose([o for o in overrides if not o.startswith(("hydra.", "hydra/", "-"))])
-    if cfg.resume is None:
-        return []
-    return [f"hydra.run.dir={find(cfg).out_dir}"]

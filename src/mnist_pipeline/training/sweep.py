@@ -57,10 +57,9 @@ class MLflowSweep(Callback):
         from omegaconf.errors import OmegaConfBaseException
 
         from mnist_pipeline.config import ConfigError, project_root, resolve_path
-        from mnist_pipeline.data.processed import check_processed
         from mnist_pipeline.tracking.runs import git_state, process_tags
         from mnist_pipeline.tracking.store import ensure_experiment, use_store
-        from mnist_pipeline.training.checks import check_config
+        from mnist_pipeline.training.checks import check_config, check_data
 
         task = list(config.hydra.overrides.task)
         jobs, swept = sweep_points(task)
@@ -68,7 +67,7 @@ class MLflowSweep(Callback):
             for job in jobs:
                 cfg = compose(config_name=config_name, overrides=job)
                 check_config(cfg)
-            check_processed(resolve_path(cfg.data.processed_dir))
+                check_data(cfg, resolve_path(cfg.data.processed_dir))
         except (ConfigError, HydraException, OmegaConfBaseException) as e:
             # Hydra turns a callback's exception into a warning and goes on: stop the sweep here.
             sys.exit(f"error: no sweep point was run: {' '.join(str(e).split())}")
@@ -98,13 +97,17 @@ class MLflowSweep(Callback):
         from mlflow.tracking import MlflowClient
 
         from mnist_pipeline.tracking.runs import point_runs
+        from mnist_pipeline.tracking.sweep_table import sweep_table
 
         client = MlflowClient()
-        children = point_runs(client, client.get_run(parent))
+        parent_run = client.get_run(parent)
+        children = point_runs(client, parent_run)
         failed = [r for r in children if r.info.status != "FINISHED"]
         client.set_tag(parent, "failed_points", str(len(failed)))
         client.set_tag(parent, "points", str(len(children)))
         client.set_terminated(parent, "FINISHED")
+        print(f"\n{sweep_table(client, parent_run)}", flush=True)  # what `mnist compare` prints first
         if failed:
             names = ", ".join(r.info.run_name for r in failed)
             print(f"{len(failed)} of {len(children)} sweep points failed: {names}", flush=True)
+        print("pictures, and the sweep in the MLflow UI: mnist compare", flush=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 import signal
 import sys
@@ -24,12 +25,11 @@ from mnist_pipeline.config import (
     ConfigError,
     config_source,
     project_root,
-    refresh_params_file,
     reports_dir,
     resolve_path,
 )
 from mnist_pipeline.tracking.runs import SELECTION
-from mnist_pipeline.training.checks import check_config
+from mnist_pipeline.training.checks import check_config, check_data, check_writable
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -61,7 +61,6 @@ def hydra_overrides() -> list[str]:
 
 def _quiet_framework_noise() -> None:
     """Drop Lightning's advertising tip and a deprecation warning from its own internals."""
-    import logging
     import warnings
 
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
@@ -112,7 +111,12 @@ def mlflow_run(cfg: DictConfig, processed_dir: Path, out_dir: Path, extra_params
         raise
     finally:
         if not attached:
-            runs.end_run(run_id, status)
+            try:
+                runs.end_run(run_id, status)
+            except Exception as e:  # the store failing too: the run's own error is the one to report
+                if status == "FINISHED":
+                    raise
+                logging.getLogger(__name__).warning("could not mark run %s %s: %s", run_id, status, e)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -120,11 +124,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     train_called = time.perf_counter()
     check_config(cfg)
     _quiet_framework_noise()
-    from mnist_pipeline.data.processed import check_processed
     from mnist_pipeline.training import launch
 
     processed_dir = resolve_path(cfg.data.processed_dir)
-    check_processed(processed_dir)
+    check_data(cfg, processed_dir)
     world_size, local_procs = launch.layout(cfg)
     if world_size > 1 and cfg.trainer.num_nodes > 1 and not launch.under_launcher():
         raise ConfigError(f"trainer.num_nodes={cfg.trainer.num_nodes} needs one launcher per node: "
@@ -145,15 +148,29 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
         weights = read_weights(resolve_path(cfg.ckpt_path), instantiate(cfg.model))
     out_dir = resumed.out_dir if resumed else output_dir(cfg)
+    if launch.global_rank() == 0:  # the only process that writes there
+        check_writable("paths.output_dir" if cfg.paths.get("output_dir") else "hydra.run.dir", out_dir)
+        check_writable("paths.reports_dir", reports_dir(cfg, out_dir))
 
     from mnist_pipeline.training.stopping import StopAtStepBoundary, signals_end_runs
 
     stop = StopAtStepBoundary()
     with signals_end_runs(stop), mlflow_run(cfg, processed_dir, out_dir, extra_params, resumed) as run_id:
         if local_procs > 1 and not launch.under_launcher():
-            return launch.run_workers(cfg, out_dir, local_procs,
-                                      env={launch.RUN_ID_ENV: run_id or "", launch.RESUME_ENV: resume_ckpt or ""})
-        return fit_and_evaluate(cfg, processed_dir, out_dir, run_id, threads, stop, resume_ckpt, weights, train_called)
+            metrics = launch.run_workers(cfg, out_dir, local_procs,
+                                         env={launch.RUN_ID_ENV: run_id or "", launch.RESUME_ENV: resume_ckpt or ""})
+        else:
+            metrics = fit_and_evaluate(cfg, processed_dir, out_dir, run_id, threads, stop, resume_ckpt, weights,
+                                       train_called)
+    return Outcome(metrics, run_id=run_id, out_dir=out_dir)
+
+
+class Outcome(dict):
+    """The end-of-run metrics (val_full/*, test/*), and where the run went."""
+
+    def __init__(self, metrics: dict, run_id: str | None = None, out_dir: Path | None = None) -> None:
+        super().__init__(metrics)
+        self.run_id, self.out_dir = run_id, out_dir
 
 
 def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id: str | None, threads: int,
@@ -177,7 +194,7 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
     from mnist_pipeline.training import diagnostics, reports
     from mnist_pipeline.training.checkpoints import AtomicCheckpointIO
     from mnist_pipeline.training.perf import PhaseTimes
-    from mnist_pipeline.training.progress import StepProgressBar
+    from mnist_pipeline.training.progress import progress_callback
     from mnist_pipeline.training.stopping import RunKilled
 
     torch.set_num_threads(threads)
@@ -199,10 +216,12 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
     best = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/acc", mode="max")
     last = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
                            save_on_exception=True)
+    progress, bars = progress_callback(cfg.get("progress_every_n_steps"), cfg.trainer.max_steps)
     trainer = instantiate(
         cfg.trainer,
         logger=loggers,
-        callbacks=[best, last, reports.HistoryInCheckpoint(history), stop, phases, StepProgressBar()],
+        callbacks=[best, last, reports.HistoryInCheckpoint(history), stop, phases, progress],
+        enable_progress_bar=bars,
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,   # the datamodule slices each global batch itself
         check_val_every_n_epoch=None,    # validate every val_check_interval steps, across epochs
@@ -252,15 +271,15 @@ def _in_multirun() -> bool:
 @hydra.main(config_path=config_source()[0], config_name=config_source()[1], version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Returns val_full/acc, the selection metric (what sweepers such as Optuna maximise). In a
-    sweep, a failed point is recorded FAILED and returns NaN, so the other points still run."""
-    import logging
-
+    sweep, a failed point is recorded FAILED and returns NaN, so the other points still run. A
+    single run ends with a summary, or with one `error:` line (a traceback goes to its log file)."""
     from mnist_pipeline.model.module import DivergedError
-    from mnist_pipeline.training.launch import WorkersFailed
+    from mnist_pipeline.training import console
+    from mnist_pipeline.training.launch import WorkersFailed, global_rank
     from mnist_pipeline.training.stopping import RunKilled
 
     try:
-        return train(cfg)[SELECTION]
+        outcome = train(cfg)
     except RunKilled as e:
         print(f"\n{e}: run marked KILLED", file=sys.stderr)
         sys.exit(128 + e.signum)
@@ -268,33 +287,26 @@ def main(cfg: DictConfig) -> float:
         if not _in_multirun():
             sys.exit(f"error: {e}")
         logging.getLogger(__name__).error("error: %s", e)
-    except Exception:
+        return float("nan")
+    except Exception as e:
         if not _in_multirun():
+            if global_rank() == 0:
+                sys.exit(console.failure_line(e))
             raise
         logging.getLogger(__name__).exception("this sweep point failed")
-    return float("nan")
+        return float("nan")
+    if not _in_multirun() and global_rank() == 0:
+        print(console.summary(outcome, outcome.out_dir, *_run_of(cfg, outcome.run_id)), flush=True)
+    return outcome[SELECTION]
 
 
-def cli(argv: list[str] | None = None, prog: str = "mnist train") -> None:
-    """`mnist train [overrides]` (and `-m` sweeps): Hydra's command line, after the work that must
-    happen before Hydra starts: refresh params.yaml under `dvc repro`, keep DDP workers other than
-    rank 0 out of the output folders, and put a resumed run's Hydra output in its own folder."""
-    from mnist_pipeline.training.launch import global_rank
+def _run_of(cfg: DictConfig, run_id: str | None) -> tuple:
+    """(the run, the store's URI), or (None, None) without tracking."""
+    if not run_id:
+        return None, None
+    from mlflow.tracking import MlflowClient
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if global_rank() > 0:  # a DDP worker other than rank 0: no output folder, no log file of its own
-        argv += ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout"]
-    elif not any(a in ("-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c") for a in argv):
-        from mnist_pipeline.training.resume import hydra_dir_override
+    from mnist_pipeline.tracking.store import tracking_uri
 
-        try:
-            refresh_params_file()
-            argv += hydra_dir_override(argv)
-        except ConfigError as e:
-            sys.exit(f"error: {e}")
-    sys.argv = [prog, *argv]  # Hydra reads its command line from sys.argv
-    main()
-
-
-if __name__ == "__main__":  # torchrun's workers run this module (`-m mnist_pipeline.training.train`)
-    cli(prog="python -m mnist_pipeline.training.train")
+    uri = tracking_uri(cfg.logger.tracking_uri)
+    return MlflowClient(uri).get_run(run_id), uri

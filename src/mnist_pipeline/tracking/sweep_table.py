@@ -1,0 +1,60 @@
+"""A sweep's points as a table, best first by val_full/acc (failed and diverged points last): what
+`mnist compare` prints, and what a sweep prints when it ends."""
+
+from __future__ import annotations
+
+import math
+
+from mnist_pipeline.tracking.runs import SELECTION, point_runs, short_name
+
+
+def _sort_key(run) -> tuple:
+    value = run.data.metrics.get(SELECTION)
+    ok = run.info.status == "FINISHED" and value is not None and not math.isnan(value)
+    return (0, -value) if ok else (1, run.info.run_name)
+
+
+def rows(client, children, swept: list[str]) -> list[dict]:
+    table = []
+    for run in sorted(children, key=_sort_key):
+        val_history = client.get_metric_history(run.info.run_id, "val/acc")
+        status = run.info.status
+        if "diverged_at_step" in run.data.tags:
+            status += f" (diverged at step {run.data.tags['diverged_at_step']})"
+        table.append({
+            "run": run.info.run_name,
+            **{short_name(k): run.data.params.get(k, "") for k in swept},
+            SELECTION: run.data.metrics.get(SELECTION),
+            "best val/acc": max((m.value for m in val_history), default=None),
+            "test/acc": run.data.metrics.get("test/acc"),
+            "steps/s": run.data.metrics.get("perf/train_steps_per_s"),
+            "status": status,
+            "_curve": sorted((m.step, m.value) for m in val_history),
+        })
+    return table
+
+
+def format_table(table: list[dict]) -> str:
+    columns = [c for c in table[0] if not c.startswith("_")]
+
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "nan" if math.isnan(value) else (f"{value:.1f}" if value >= 10 else f"{value:.4f}")
+        return "-" if value is None else str(value)
+
+    cells = [[cell(r[c]) for c in columns] for r in table]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def sweep_table(client, parent) -> str:
+    """The table of the sweep whose parent run is `parent`, with a header line."""
+    children = point_runs(client, parent)
+    if not children:
+        return f"sweep {parent.info.run_name!r}: no runs"
+    swept = [k for k in parent.data.tags.get("swept_keys", "").split(",") if k]
+    header = f"sweep {parent.info.run_name!r}: {len(children)} runs, best first by {SELECTION}"
+    return f"{header}\n{format_table(rows(client, children, swept))}"
