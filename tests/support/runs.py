@@ -61,14 +61,6 @@ def mnist(*args: str, timeout: float = 120, env: dict | None = None, cwd: Path =
                           env={**os.environ, **(env or {})})
 
 
-def run_cli(module: str, *args: str, timeout: float = 120, env: dict | None = None, cwd: Path = ROOT):
-    """`python -m <module> args...` (the paths torchrun and older scripts use); the CompletedProcess."""
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-
-
 class TinyRun:
     """One short training run through `train(cfg)`, shared by every test that only reads it."""
 

@@ -24,9 +24,9 @@ SWEEP = ("-m", "--multirun")
 
 def preflight(overrides: list[str]) -> list[str]:
     """Check a single run's inputs before Hydra starts; the overrides to add (a resumed run's folder)."""
-    from mnist_pipeline.training.checks import check_config, check_data, check_writable
-
     from omegaconf import OmegaConf
+
+    from mnist_pipeline.training.checks import check_config, check_data, check_writable
 
     with_hydra = compose(overrides, with_hydra=True)
     cfg = OmegaConf.masked_copy(with_hydra, [k for k in with_hydra if k != "hydra"])  # the job's config
