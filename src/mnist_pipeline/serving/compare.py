@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 from mnist_pipeline.serving.registry import DEFAULT_MODEL_NAME
-from mnist_pipeline.tracking.runs import SELECTION, find_sweep, point_runs, short_name
+from mnist_pipeline.tracking.runs import SELECTION, find_sweep, short_name
 from mnist_pipeline.tracking.store import StoreError, add_store_args, experiment_id, experiment_name, open_store
-from mnist_pipeline.tracking.sweep_table import format_table, rows
+from mnist_pipeline.tracking.sweep_table import read_sweep
 
 
 def heatmap(table: list[dict], lrs: list[float], batches: list[int]):
@@ -83,17 +83,14 @@ def compare(tracking_uri: str | None, experiment: str | None, sweep: str | None,
 
     client, _ = open_store(tracking_uri)
     parent = find_sweep(client, experiment_id(client, experiment_name(experiment)), sweep)
-    children = point_runs(client, parent)
-    if not children:
+    points = read_sweep(client, parent)
+    if not points.points:
         raise StoreError(f"the sweep {parent.info.run_name!r} has no runs")
-    swept = [k for k in parent.data.tags.get("swept_keys", "").split(",") if k]
-    table = rows(client, children, swept)
     out_dir = Path(out) if out else project_root() / "outputs" / "compare" / parent.info.run_id
-    pictures = plot(table, swept, out_dir)
+    pictures = plot(points.rows, points.swept, out_dir)
     for path in pictures:
         client.log_artifact(parent.info.run_id, str(path), "compare")
-    header = f"sweep {parent.info.run_name!r}: {len(children)} runs, best first by {SELECTION}"
-    return f"{header}\n{format_table(table)}", pictures, parent.info.run_id
+    return points.text(), pictures, parent.info.run_id
 
 
 def main(argv: list[str] | None = None, prog: str = "mnist compare") -> None:

@@ -141,11 +141,16 @@ def main(argv: list[str] | None = None, prog: str = "mnist predict") -> int:
             pictures[file] = load(file)
         except DigitError as e:
             pictures[file] = e
-    if all(isinstance(p, DigitError) for p in pictures.values()):
+    unusable = {file: p for file, p in pictures.items() if isinstance(p, DigitError)}
+
+    def report_unusable() -> None:
+        for file, error in unusable.items():
+            print(f"error: {file}: {error}", file=sys.stderr)
+
+    if len(unusable) == len(pictures):  # no picture to predict: the model is not needed
         if lookup is not None:
             lookup.abandon()
-        for file, picture in pictures.items():
-            print(f"error: {file}: {picture}", file=sys.stderr)
+        report_unusable()
         return 1
     import torch  # noqa: F401  (while the forked process is still asking the store)
 
@@ -159,21 +164,18 @@ def main(argv: list[str] | None = None, prog: str = "mnist predict") -> int:
                 print(text, file=sys.stderr)
             net, what = registry.load(found), found.what
     except registry.StoreError as e:
-        for file, picture in pictures.items():
-            if isinstance(picture, DigitError):
-                print(f"error: {file}: {picture}", file=sys.stderr)
+        report_unusable()
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"model: {what}", file=sys.stderr)
 
-    good = [f for f, p in pictures.items() if not isinstance(p, DigitError)]
-    probs = dict(zip(good, probabilities(net, [pictures[f] for f in good]))) if good else {}
+    good = [f for f in pictures if f not in unusable]
+    probs = dict(zip(good, probabilities(net, [pictures[f] for f in good])))
     results = []
     for file in args.files:
-        picture = pictures[file]
-        if isinstance(picture, DigitError):
-            print(f"error: {file}: {picture}", file=sys.stderr)
-            results.append({"file": file, "error": str(picture)})
+        if file in unusable:
+            print(f"error: {file}: {unusable[file]}", file=sys.stderr)
+            results.append({"file": file, "error": str(unusable[file])})
         else:
             p = probs[file]
             results.append({"file": file, "digit": top(p, 1)[0][0], "top3": top(p), "probabilities": p})

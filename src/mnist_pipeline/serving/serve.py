@@ -33,13 +33,11 @@ def write_example(path: str, processed_dir: str | None) -> str:
     import json
 
     from mnist_pipeline.atomic import write_text
-    from mnist_pipeline.config import compose, resolve_path
-    from mnist_pipeline.data.processed import as_input, read_split, split_files
+    from mnist_pipeline.data.processed import as_input
+    from mnist_pipeline.serving.evaluate import processed_dir as find_processed_dir
+    from mnist_pipeline.serving.evaluate import test_split
 
-    test = split_files(resolve_path(processed_dir or compose().data.processed_dir))["test"]
-    if not test.is_file():
-        raise FileNotFoundError(f"{test}: no test split: run `dvc repro split` first (or pass --processed-dir)")
-    images, labels = read_split(test)
+    images, labels, _ = test_split(find_processed_dir(processed_dir))
     inputs = as_input(images[:EXAMPLE_IMAGES]).numpy().round(4)
     write_text(path, json.dumps({"inputs": inputs.tolist()}))
     return f"wrote {path}: {EXAMPLE_IMAGES} test digits ({', '.join(map(str, labels[:EXAMPLE_IMAGES].tolist()))})"
@@ -60,7 +58,7 @@ def main(argv: list[str] | None = None, prog: str = "mnist serve") -> None:
     if args.example:
         try:
             print(write_example(args.example, args.processed_dir))
-        except (FileNotFoundError, OSError) as e:
+        except (StoreError, OSError) as e:
             sys.exit(f"error: {e}")
         return
     try:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from mnist_pipeline.tracking.runs import SELECTION, point_runs, short_name
 
@@ -50,11 +51,25 @@ def format_table(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def sweep_table(client, parent) -> str:
-    """The table of the sweep whose parent run is `parent`, with a header line."""
-    children = point_runs(client, parent)
-    if not children:
-        return f"sweep {parent.info.run_name!r}: no runs"
+@dataclass
+class Sweep:
+    """A sweep's parent run, its points' runs, the swept keys and the table rows, read once."""
+    parent: object
+    points: list
+    swept: list[str]
+    rows: list[dict]
+
+    def text(self) -> str:
+        """The table with a header line: what `mnist compare` prints, and a sweep when it ends."""
+        name = self.parent.info.run_name
+        if not self.points:
+            return f"sweep {name!r}: no runs"
+        header = f"sweep {name!r}: {len(self.points)} runs, best first by {SELECTION}"
+        return f"{header}\n{format_table(self.rows)}"
+
+
+def read_sweep(client, parent) -> Sweep:
+    """The sweep whose parent run is `parent`."""
+    points = point_runs(client, parent)
     swept = [k for k in parent.data.tags.get("swept_keys", "").split(",") if k]
-    header = f"sweep {parent.info.run_name!r}: {len(children)} runs, best first by {SELECTION}"
-    return f"{header}\n{format_table(rows(client, children, swept))}"
+    return Sweep(parent, points, swept, rows(client, points, swept))

@@ -96,18 +96,16 @@ class MLflowSweep(Callback):
             return
         from mlflow.tracking import MlflowClient
 
-        from mnist_pipeline.tracking.runs import point_runs
-        from mnist_pipeline.tracking.sweep_table import sweep_table
+        from mnist_pipeline.tracking.sweep_table import read_sweep
 
         client = MlflowClient()
-        parent_run = client.get_run(parent)
-        children = point_runs(client, parent_run)
-        failed = [r for r in children if r.info.status != "FINISHED"]
+        sweep = read_sweep(client, client.get_run(parent))
+        failed = [r for r in sweep.points if r.info.status != "FINISHED"]
         client.set_tag(parent, "failed_points", str(len(failed)))
-        client.set_tag(parent, "points", str(len(children)))
+        client.set_tag(parent, "points", str(len(sweep.points)))
         client.set_terminated(parent, "FINISHED")
-        print(f"\n{sweep_table(client, parent_run)}", flush=True)  # what `mnist compare` prints first
+        print(f"\n{sweep.text()}", flush=True)  # what `mnist compare` prints first
         if failed:
             names = ", ".join(r.info.run_name for r in failed)
-            print(f"{len(failed)} of {len(children)} sweep points failed: {names}", flush=True)
+            print(f"{len(failed)} of {len(sweep.points)} sweep points failed: {names}", flush=True)
         print("pictures, and the sweep in the MLflow UI: mnist compare", flush=True)
