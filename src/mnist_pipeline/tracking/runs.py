@@ -21,7 +21,7 @@ from mnist_pipeline.tracking.store import StoreError, ensure_experiment, use_sto
 
 # Run-control keys: how a run is started or shown, not what it is. MLflow refuses a param whose
 # value changes within a run (a resumed run may change them), so these are never logged.
-RUN_CONTROL_KEYS = ("ckpt_path", "resume", "progress_every_n_steps")
+RUN_CONTROL_KEYS = ("ckpt_path", "resume", "progress_every_n_steps", "sweep")
 # How runs are ranked: the model selection metric of every run (the whole val split, end of run).
 SELECTION = "val_full/acc"
 # Set by the sweep callback for every job of a -m sweep: the parent run, the sweep's name, its keys.
@@ -135,6 +135,14 @@ def run_name(cfg, swept_keys: list[str] = ()) -> str:
     return " ".join([*parts, secrets.token_hex(2)])
 
 
+def sweep_tags(cfg) -> dict[str, str]:
+    """The set `sweep.*` keys (the pruning ones only with pruning on), as tags of their own name."""
+    control = dict(cfg.get("sweep") or {})
+    if control.get("prune") is None:
+        control = {k: v for k, v in control.items() if not k.startswith("prune")}
+    return {k: str(v) for k, v in control.items() if v is not None}
+
+
 def start_run(cfg, *, processed_dir: Path, out_dir: Path, overrides: list[str],
               extra_params: dict | None = None) -> str:
     """Create the run with its tags and params; returns its id."""
@@ -152,6 +160,8 @@ def start_run(cfg, *, processed_dir: Path, out_dir: Path, overrides: list[str],
         "data_sha256": processed_sha256(processed_dir),
         "output_dir": str(out_dir),
     }
+    # The sweep's control of this point (conf/config.yaml `sweep:`), as tags of its own name.
+    tags.update(sweep_tags(cfg))
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp"] = os.environ["DVC_EXP_NAME"]
     if os.environ.get(PARENT_ENV):  # a point of a -m sweep: a child of the sweep's run
