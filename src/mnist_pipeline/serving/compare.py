@@ -20,18 +20,22 @@ from mnist_pipeline.tracking.sweep_table import read_sweep
 
 def heatmap(table: list[dict], lrs: list[float], batches: list[int]):
     """(val_full/acc per batch x lr cell, NaN where none; each cell's label). A cell with no run
-    says "not run" (an Optuna search tries some cells only), one whose runs failed "failed"."""
+    says "not run" (an Optuna search tries some cells only), one whose runs failed "failed", one
+    whose runs were stopped early (sweep.prune) "pruned"."""
     import numpy as np
 
     lr, bs = short_name("optimizer.lr"), short_name("data.batch_size")
     grid = np.full((len(batches), len(lrs)), np.nan)
-    tried = np.zeros(grid.shape, dtype=bool)
+    tried = np.full(grid.shape, "not run", dtype=object)
     for r in table:
         cell = batches.index(int(r[bs])), lrs.index(float(r[lr]))
-        tried[cell] = True
+        if str(r.get("status", "")).startswith("pruned"):
+            tried[cell] = "pruned"
+            continue
+        tried[cell] = "failed" if tried[cell] == "not run" else tried[cell]
         if r[SELECTION] is not None and not np.isnan(r[SELECTION]):
             grid[cell] = r[SELECTION] if np.isnan(grid[cell]) else max(grid[cell], r[SELECTION])
-    labels = [[f"{v:.4f}" if not np.isnan(v) else ("failed" if tried[i, j] else "not run") for j, v in enumerate(row)]
+    labels = [[f"{v:.4f}" if not np.isnan(v) else tried[i, j] for j, v in enumerate(row)]
               for i, row in enumerate(grid)]
     return grid, labels
 

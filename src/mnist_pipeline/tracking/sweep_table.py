@@ -1,5 +1,5 @@
-"""A sweep's points as a table, best first by val_full/acc (failed and diverged points last): what
-`mnist compare` prints, and what a sweep prints when it ends."""
+"""A sweep's points as a table, best first by val_full/acc (pruned points after the complete ones,
+failed and diverged points last): what `mnist compare` prints, and what a sweep prints when it ends."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ from mnist_pipeline.tracking.runs import SELECTION, point_runs, short_name
 
 
 def _sort_key(run) -> tuple:
+    """Complete points best first, then pruned ones (stopped early: not comparable), then failed."""
     value = run.data.metrics.get(SELECTION)
     ok = run.info.status == "FINISHED" and value is not None and not math.isnan(value)
-    return (0, -value) if ok else (1, run.info.run_name)
+    if not ok:
+        return (2, 0.0, run.info.run_name)
+    return (1 if "pruned_at_step" in run.data.tags else 0, -value, run.info.run_name)
 
 
 def rows(client, children, swept: list[str]) -> list[dict]:
@@ -22,6 +25,8 @@ def rows(client, children, swept: list[str]) -> list[dict]:
         status = run.info.status
         if "diverged_at_step" in run.data.tags:
             status += f" (diverged at step {run.data.tags['diverged_at_step']})"
+        elif "pruned_at_step" in run.data.tags:
+            status = f"pruned at step {run.data.tags['pruned_at_step']}"
         table.append({
             "run": run.info.run_name,
             **{short_name(k): run.data.params.get(k, "") for k in swept},

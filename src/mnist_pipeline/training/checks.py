@@ -45,7 +45,24 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError("give resume= (continue a run) or ckpt_path= (start from weights), not both")
     if cfg.resume is not None and not cfg.logger.enabled:
         raise ConfigError("resume= finds the run in MLflow: it needs logger=mlflow")
+    check_sweep(cfg)
     check_device(cfg)
+
+
+PRUNING_RULES = ("median",)
+
+
+def check_sweep(cfg: DictConfig) -> None:
+    """The `sweep.*` keys: an unknown pruning rule or warm-up stops the sweep before any job runs."""
+    control = cfg.get("sweep") or {}
+    prune = control.get("prune")
+    if prune is not None and prune not in PRUNING_RULES:
+        raise ConfigError(f"sweep.prune={prune}: unknown pruning rule: use sweep.prune=median, or null (off)")
+    warmup = control.get("prune_warmup")
+    if warmup is not None and (isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0):
+        raise ConfigError(f"sweep.prune_warmup must be a whole number of steps >= 0, or null, got {warmup!r}")
+    if control.get("prune_min_points") is not None:
+        _positive(cfg, "sweep.prune_min_points")
 
 
 def check_device(cfg: DictConfig) -> None:

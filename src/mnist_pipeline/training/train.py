@@ -152,16 +152,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
         check_writable("paths.output_dir" if cfg.paths.get("output_dir") else "hydra.run.dir", out_dir)
         check_writable("paths.reports_dir", reports_dir(cfg, out_dir))
 
+    from mnist_pipeline.training.gpu_slots import device_for
     from mnist_pipeline.training.stopping import StopAtStepBoundary, signals_end_runs
 
     stop = StopAtStepBoundary()
-    with signals_end_runs(stop), mlflow_run(cfg, processed_dir, out_dir, extra_params, resumed) as run_id:
+    with signals_end_runs(stop), device_for(cfg) as device, \
+            mlflow_run(cfg, processed_dir, out_dir, extra_params, resumed) as run_id:
+        if run_id:
+            from mnist_pipeline.tracking.runs import set_tag
+
+            set_tag(run_id, "device", device.tag)
         if local_procs > 1 and not launch.under_launcher():
             metrics = launch.run_workers(cfg, out_dir, local_procs,
                                          env={launch.RUN_ID_ENV: run_id or "", launch.RESUME_ENV: resume_ckpt or ""})
         else:
             metrics = fit_and_evaluate(cfg, processed_dir, out_dir, run_id, threads, stop, resume_ckpt, weights,
-                                       train_called)
+                                       train_called, device.devices)
     return Outcome(metrics, run_id=run_id, out_dir=out_dir)
 
 
@@ -175,9 +181,10 @@ class Outcome(dict):
 
 def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id: str | None, threads: int,
                      stop, resume_ckpt: str | None, weights: dict | None,
-                     train_called: float) -> dict[str, float]:
+                     train_called: float, devices: list[int] | None = None) -> dict[str, float]:
     """This process's part of the run: fit (from `resume_ckpt` when resuming, or starting from the
-    checkpoint `weights`), evaluate the best checkpoint, write reports (rank 0)."""
+    checkpoint `weights`) on `devices` (None: the config's), evaluate the best checkpoint, write
+    reports (rank 0)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import pytorch_lightning as pl
@@ -195,6 +202,7 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
     from mnist_pipeline.training.checkpoints import AtomicCheckpointIO
     from mnist_pipeline.training.perf import PhaseTimes
     from mnist_pipeline.training.progress import progress_callback
+    from mnist_pipeline.training.pruning import median_pruning
     from mnist_pipeline.training.stopping import RunKilled
 
     torch.set_num_threads(threads)
@@ -211,6 +219,7 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
     loggers: list = [history]
     if run_id:
         loggers.append(attach_logger(cfg, run_id))
+    pruning = median_pruning(cfg, run_id, loggers[-1] if run_id else None)  # sweep.prune=median
     # `best` by val/acc, and `last` at every periodic validation (Lightning's save_last only saves
     # alongside a new best) and when a run stops on an exception or a signal.
     best = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/acc", mode="max")
@@ -220,7 +229,8 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
     trainer = instantiate(
         cfg.trainer,
         logger=loggers,
-        callbacks=[best, last, reports.HistoryInCheckpoint(history), stop, phases, progress],
+        callbacks=[best, last, reports.HistoryInCheckpoint(history), stop, phases, progress,
+                   *([pruning] if pruning else [])],
         enable_progress_bar=bars,
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,   # the datamodule slices each global batch itself
@@ -229,6 +239,7 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
         num_sanity_val_steps=0,
         enable_model_summary=False,
         default_root_dir=str(out_dir),
+        **({"devices": devices} if devices is not None else {}),  # this job's own GPU (gpu_slots.py)
     )
     # The objects alive now (the libraries', the config's, the model's: ~0.5-1 million) outlive the
     # fit. Frozen, Python's cyclic collector stops rescanning them: a full pass over them costs
@@ -243,6 +254,10 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
     trainer.test(model, datamodule=datamodule, ckpt_path=best.best_model_path or None, verbose=False,
                  weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.split("/")[0] in ("val_full", "test")}
+    if pruning and pruning.pruned_at is not None:
+        metrics["pruned_at_step"] = pruning.pruned_at  # in metrics.json too: a DDP launcher reads it there
+        if run_id and trainer.is_global_zero:
+            runs.set_tag(run_id, "pruned_at_step", str(pruning.pruned_at))
     logging_model = bool(run_id) and trainer.is_global_zero
     if trainer.is_global_zero:
         # The model's export and logging (~1 s, most of it what the first torch.export and MLflow's
@@ -257,6 +272,8 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
     if logging_model:
         runs.log_outcome(run_id, cfg, files, [best.best_model_path, last.best_model_path])
         timings = phases.metrics(trainer, datamodule.train_batches.seconds, time.perf_counter())
+        if pruning:
+            timings["perf/pruning_s"] = pruning.seconds
         runs.log_metrics(run_id, timings, trainer.global_step)
     return metrics
 
@@ -297,6 +314,10 @@ def main(cfg: DictConfig) -> float:
         return float("nan")
     if not _in_multirun() and global_rank() == 0:
         print(console.summary(outcome, outcome.out_dir, *_run_of(cfg, outcome.run_id)), flush=True)
+    if "pruned_at_step" in outcome:
+        from mnist_pipeline.training.pruning import Pruned
+
+        return Pruned(outcome[SELECTION], int(outcome["pruned_at_step"]))
     return outcome[SELECTION]
 
 
