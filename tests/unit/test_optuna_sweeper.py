@@ -15,7 +15,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from mnist_pipeline.config import ConfigError
-from mnist_pipeline.training.optuna_study import SWEEPER_TARGET, fail_abandoned_trials, read_settings, search_space
+from mnist_pipeline.training.optuna_abandoned import fail_abandoned_trials
+from mnist_pipeline.training.optuna_study import SWEEPER_TARGET, read_settings, search_space
 from mnist_pipeline.training.optuna_sweeper import OptunaSweeper
 from mnist_pipeline.training.pruning import Pruned
 
@@ -186,3 +187,14 @@ def test_hydra_finds_the_sweeper_that_hparams_search_selects():
     assert SWEEPER_TARGET in {f"{c.__module__}.{c.__name__}" for c in Plugins.instance().discover(Sweeper)}
     job_folder = OmegaConf.to_container(cfg.hydra.sweep)["subdir"]
     assert cfg.hydra.sweeper.direction == "maximize" and job_folder == "${sweep.optuna_trial}"
+
+
+def test_a_study_that_exists_with_the_other_direction_is_refused(tmp_path):
+    from mnist_pipeline.training.optuna_study import check_study, open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path}/optuna.db")
+    optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    check_study(storage, "s", "maximize")
+    check_study(storage, "another", "minimize")
+    with pytest.raises(ConfigError, match=r"hydra.sweeper.direction=minimize: the study 's' .* made to maximize"):
+        check_study(storage, "s", "minimize")

@@ -1,17 +1,14 @@
 """The Optuna study an `hparams_search=optuna` sweep adds trials to: its settings (`hydra.sweeper.*`)
-checked before any job or MLflow run exists, and the trials a killed sweeping process left RUNNING.
+and storage, checked before any job or MLflow run exists, so that a typo costs one line, not a
+sweep.
 
 Several sweeping processes, on one machine or many, share one study through its storage: a SQLite
 file on one machine, a database server (PostgreSQL) or a journal file (`journal:///path`) on a
-shared file system for a cluster. A process killed with SIGKILL cannot end its trials; the next
-process to open the study finds them from the asking process recorded on each trial (user attrs
-`host`, `pid`, `pid_start_time`) and from the trial's MLflow run (tags `optuna_study`,
-`optuna_trial`), and fails them when those processes are gone, as `mnist runs cleanup` does.
+shared file system for a cluster.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,8 +23,6 @@ SQLITE_BUSY_TIMEOUT_S = 60  # concurrent writers of one SQLite file wait their t
 PARAMS_GRAMMAR = "e.g. tag(log, interval(0.01, 1.0)), interval(0.1, 0.9), choice(32, 64) or range(1, 10)"
 STORAGE_SPELLINGS = ("a SQLite file in an existing folder (sqlite:////abs/path/optuna.db), a database URL "
                      "(postgresql://user@host/db) or a journal file (journal:///abs/path/optuna.log)")
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -193,69 +188,6 @@ def is_optuna_sweep(hydra_cfg: Mapping[str, Any]) -> bool:
     return (hydra_cfg.get("sweeper") or {}).get("_target_") == SWEEPER_TARGET
 
 
-def fail_abandoned_trials(study, tracking: tuple[str, str] | None) -> list[int]:
-    """Fail the study's RUNNING trials whose asking process is gone, and whose MLflow run (in the
-    store and experiment `tracking`, if any) is not RUNNING in a live process either; that run,
-    if RUNNING, becomes FAILED, and so does its sweep's parent run if its process is gone too. A
-    trial asked on another host is left alone: from here its process cannot be seen. The numbers failed."""
-    from optuna.trial import TrialState
-
-    from mnist_pipeline.tracking.runs import process_state
-
-    failed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        asker = process_state(trial.user_attrs)
-        if not asker.gone:
-            continue
-        runs = _trial_runs(study.study_name, trial.number, tracking) if tracking else []
-        live = [r for r in runs if r.info.status == "RUNNING" and not process_state(r.data.tags).gone]
-        if live:
-            continue  # its job outlived the sweep (a cluster job): it may still finish
-        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-        marked = [_fail_run(tracking[0], r) for r in runs if r.info.status == "RUNNING"]
-        parent = trial.user_attrs.get("mlflow_parent_run")
-        if tracking and parent:
-            _fail_run(tracking[0], parent)
-        log.warning("trial %d of study %r left RUNNING by a process that is gone (%s): marked FAIL%s",
-                    trial.number, study.study_name, asker.why,
-                    f"; its MLflow run {', '.join(marked)} FAILED" if marked else "")
-        failed.append(trial.number)
-    return failed
-
-
-def _trial_runs(study_name: str, number: int, tracking: tuple[str, str]) -> list:
-    from mlflow.tracking import MlflowClient
-
-    uri, experiment = tracking
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return []
-    runs = client.search_runs([found.experiment_id], f"tags.optuna_trial = '{number}'", max_results=1000)
-    return [r for r in runs if r.data.tags.get("optuna_study") == study_name]
-
-
-def _fail_run(uri: str, run) -> str:
-    """Mark a RUNNING run whose process is gone FAILED, as `mnist runs cleanup` does; its id."""
-    import time
-
-    from mlflow.tracking import MlflowClient
-
-    from mnist_pipeline.tracking.cleanup import CLEANUP_TAG, GONE, last_step
-    from mnist_pipeline.tracking.runs import process_state
-
-    client = MlflowClient(uri)
-    run = client.get_run(run) if isinstance(run, str) else run
-    if run.info.status != "RUNNING" or not process_state(run.data.tags).gone:
-        return run.info.run_id
-    step, last_ts = last_step(client, run.info.run_id)
-    client.set_tag(run.info.run_id, CLEANUP_TAG, GONE)
-    if step is not None:
-        client.set_tag(run.info.run_id, "last_step", str(step))
-    client.set_terminated(run.info.run_id, "FAILED", end_time=last_ts or int(time.time() * 1000))
-    return run.info.run_id
-
-
 def complete_trials(study) -> list:
     from optuna.trial import TrialState
 
@@ -272,6 +204,24 @@ def points_to_check(hydra_cfg: Mapping[str, Any], task: list[str]) -> tuple[list
 
 
 def check_storage(hydra_cfg: Mapping[str, Any]) -> None:
-    """Open our sweeper's storage once, before any MLflow run or job exists: one line if it cannot be."""
+    """Open our sweeper's storage once, before any MLflow run or job exists: one line if it cannot
+    be, or if it holds the study with the other direction."""
     if is_optuna_sweep(hydra_cfg):
-        open_storage(hydra_cfg["sweeper"].get("storage"))
+        sweeper = hydra_cfg["sweeper"]
+        check_study(open_storage(sweeper.get("storage")), sweeper.get("study_name"), sweeper.get("direction"))
+
+
+def check_study(storage, study_name: str | None, direction: str) -> None:
+    """A study that exists already must go the same direction: Optuna would load it and quietly keep its own."""
+    if storage is None or study_name is None:
+        return
+    import optuna
+
+    try:
+        existing = optuna.load_study(study_name=str(study_name), storage=storage)
+    except KeyError:  # no such study yet
+        return
+    if existing.direction.name.lower() != str(direction).lower():
+        raise ConfigError(f"hydra.sweeper.direction={direction}: the study {study_name!r} in this storage was "
+                          f"made to {existing.direction.name.lower()}: give that direction, or another "
+                          "hydra.sweeper.study_name")

@@ -25,9 +25,10 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig
 
 from mnist_pipeline.config import ConfigError
+from mnist_pipeline.training.optuna_abandoned import fail_abandoned_trials
 from mnist_pipeline.training.optuna_study import (
     StudySettings,
-    fail_abandoned_trials,
+    check_study,
     open_storage,
     override,
     read_settings,
@@ -61,6 +62,7 @@ class OptunaSweeper(Sweeper):
         try:
             settings = read_settings(self.settings, arguments)
             storage = open_storage(settings.storage_url)
+            check_study(storage, settings.study_name, settings.direction)
         except ConfigError as e:  # the MLflowSweep callback checked these already; this is for sweeps without it
             sys.exit(f"error: {e}")
         study = optuna.create_study(study_name=settings.study_name, storage=storage, sampler=settings.sampler,
