@@ -130,11 +130,17 @@ def test_a_killed_sweep_continues_its_study_and_fails_the_trial_it_left_running(
     assert after["0"][0].info.status == "FINISHED" and after["0"][0].data.tags["mlflow.parentRunId"] == killed_parent.info.run_id
 
 
-@pytest.mark.parametrize("storage", ["sqlite:////nonexistent/dir/x.db", "garbage"])
-def test_a_storage_that_cannot_be_opened_stops_the_sweep_before_anything(processed, tmp_path, storage):
+@pytest.mark.parametrize(("override", "named"), [
+    ("hydra.sweeper.storage=sqlite:////nonexistent/dir/x.db", "hydra.sweeper.storage=sqlite:////nonexistent/dir/x.db: cannot open"),
+    ("hydra.sweeper.storage=garbage", "hydra.sweeper.storage=garbage: cannot open"),
+    ("hydra.sweeper.direction=up", "hydra.sweeper.direction=up: Optuna can only maximize or minimize"),
+    ("hydra.sweeper.params={optimizer.lr:'interval(0.1'}", "hydra.sweeper.params.optimizer.lr: cannot search this"),
+])
+def test_bad_sweeper_settings_stop_the_sweep_before_anything(processed, tmp_path, override, named):
     store, sweep_dir = tmp_path / "mlruns", tmp_path / "sweep"
-    result = mnist(*_optuna_args(processed, store, sweep_dir, storage, 2))
+    result = mnist(*_optuna_args(processed, store, sweep_dir, f"sqlite:///{tmp_path}/optuna.db", 2, override))
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [result.stderr.strip()], "one line"
-    assert result.stderr.startswith(f"error: no sweep point was run: hydra.sweeper.storage={storage}: cannot open")
+    assert result.stderr.startswith(f"error: no sweep point was run: {named}")
     assert not store.exists() and not sweep_dir.exists() and not os.path.exists("/nonexistent")
+    assert not (tmp_path / "optuna.db").exists() or override.startswith("hydra.sweeper.storage=")
