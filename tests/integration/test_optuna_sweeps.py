@@ -4,8 +4,10 @@ the sweep before anything runs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -75,18 +77,19 @@ def test_two_processes_at_once_share_one_study(processed, tmp_path):
 
 
 def _wait_for_running_trial(store: Path, number: int, proc: subprocess.Popen, log: Path, timeout: float = 300):
-    """The run of trial `number` once it exists, RUNNING."""
+    """Once the run of trial `number` exists and is RUNNING. The store is read with plain sqlite3,
+    read-only: an MLflow client opening it while the sweep creates it would race its migration."""
+    query = ("select count(*) from runs r join tags t on t.run_uuid = r.run_uuid "
+             "where t.key = 'optuna_trial' and t.value = ? and r.status = 'RUNNING'")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text()[-3000:]
-        if (store / "mlflow.db").exists():
-            try:
-                _, children = _runs(store)
-            except Exception:  # the store still being created
-                children = []
-            for run in children:
-                if run.data.tags.get("optuna_trial") == str(number) and run.info.status == "RUNNING":
-                    return run
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{store}/mlflow.db?mode=ro", uri=True, timeout=5)) as db:
+                if db.execute(query, (str(number),)).fetchone()[0]:
+                    return
+        except sqlite3.Error:  # no store yet, or its tables not yet made
+            pass
         time.sleep(0.1)
     pytest.fail(f"trial {number} never started:\n{log.read_text()[-3000:]}")
 
