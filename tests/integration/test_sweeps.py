@@ -90,6 +90,9 @@ def test_optuna_searches_lr_and_batch_maximising_val_full_acc(processed, tmp_pat
     results = (sweep_dir / "optimization_results.yaml").read_text()
     assert f"best_value: {best.data.metrics['val_full/acc']}" in results
     assert len({r.data.params["optimizer.lr"] for r in children}) == 3
+    assert sorted(r.data.tags["optuna_trial"] for r in children) == ["0", "1", "2"]
+    assert {r.data.tags["optuna_study"] for r in children} == {"mnist-lr-batch"}
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1", "2"], "a job's folder is its trial"
 
 
 @pytest.mark.parametrize(("override", "named"), [("optimizer.lrr=0.1,0.2", "optimizer.lrr"),

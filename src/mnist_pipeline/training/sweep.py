@@ -60,18 +60,20 @@ class MLflowSweep(Callback):
         from mnist_pipeline.tracking.runs import git_state, process_tags
         from mnist_pipeline.tracking.store import ensure_experiment, use_store
         from mnist_pipeline.training.checks import check_config, check_data
+        from mnist_pipeline.training.optuna_study import check_storage, points_to_check
 
         task = list(config.hydra.overrides.task)
-        jobs, swept = sweep_points(task)
         try:
+            # hparams_search=optuna: points that hold every searched value's ends; else the grid
+            jobs, swept = points_to_check(config.hydra, task) or sweep_points(task)
             for job in jobs:
                 cfg = compose(config_name=config_name, overrides=job)
                 check_config(cfg)
                 check_data(cfg, resolve_path(cfg.data.processed_dir))
+            check_storage(config.hydra)  # an Optuna storage that cannot be opened
         except (ConfigError, HydraException, OmegaConfBaseException) as e:
             # Hydra turns a callback's exception into a warning and goes on: stop the sweep here.
             sys.exit(f"error: no sweep point was run: {' '.join(str(e).split())}")
-        swept += [str(k) for k in (config.hydra.sweeper.get("params") or {})]  # an Optuna search space
         os.environ[SWEPT_KEYS_ENV] = ",".join(swept)
         if not cfg.logger.enabled:
             return
