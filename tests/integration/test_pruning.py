@@ -66,3 +66,28 @@ def test_an_unknown_rule_is_refused_before_any_job(processed, tmp_path):
     assert errors == ["error: no sweep point was run: sweep.prune=mean: unknown pruning rule: use "
                       "sweep.prune=median, or null (off)"]
     assert not store.exists() and not sweep_dir.exists()
+
+
+def test_an_optuna_trial_below_the_studys_median_is_pruned(processed, tmp_path):
+    """Two sweeping processes, one after the other, on one study: the second one's only trial (a
+    learning rate that cannot learn) is judged against the first one's trials (other parent runs,
+    same study) and ends PRUNED in Optuna, FINISHED with `pruned_at_step` in MLflow."""
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+
+    def search(lr: str, n_trials: int):
+        result, store, _ = _sweep(processed, tmp_path, "hparams_search=optuna", f"hydra.sweeper.storage={storage}",
+                                  "hydra.sweeper.study_name=pruning", f"hydra.sweeper.n_trials={n_trials}",
+                                  "sweep.prune=median", f"hydra.sweeper.params={{optimizer.lr:'tag(log, interval({lr}))'}}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        return store
+
+    search("0.15, 0.2", 2)
+    store = search("0.00001, 0.00002", 1)
+    trials = optuna.load_study(study_name="pruning", storage=storage).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
+    client = store_client(store)
+    runs = client.search_runs([client.get_experiment_by_name("mnist").experiment_id], "tags.optuna_trial = '2'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.tags["pruned_at_step"] == "5"
