@@ -198,3 +198,17 @@ def test_a_study_that_exists_with_the_other_direction_is_refused(tmp_path):
     check_study(storage, "another", "minimize")
     with pytest.raises(ConfigError, match=r"hydra.sweeper.direction=minimize: the study 's' .* made to maximize"):
         check_study(storage, "s", "minimize")
+
+
+def test_a_study_that_searched_a_key_another_way_is_refused(tmp_path):
+    """Optuna refuses a changed choice() at the first ask, after the sweep's parent run exists: the
+    check before anything runs names the key instead."""
+    from mnist_pipeline.training.optuna_study import check_study, open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path}/optuna.db")
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study.ask({"data.batch_size": CategoricalDistribution([32, 64])})
+    check_study(storage, "s", "maximize", {"data.batch_size": CategoricalDistribution([32, 64])})
+    check_study(storage, "s", "maximize", {"optimizer.lr": FloatDistribution(0.01, 1.0, log=True)})
+    with pytest.raises(ConfigError, match=r"hydra.sweeper.params.data.batch_size: the study 's' searched it as "):
+        check_study(storage, "s", "maximize", {"data.batch_size": CategoricalDistribution([32, 128])})

@@ -87,7 +87,7 @@ def check_data(cfg: DictConfig, processed_dir: Path) -> None:
                           f"({sizes['train']} images in {processed_dir}): e.g. data.batch_size=64")
     if cfg.data.val_subset_size > sizes["val"]:
         raise ConfigError(f"data.val_subset_size={cfg.data.val_subset_size} is larger than the val split "
-                          f"({sizes['val']} images): e.g. data.val_subset_size=1000")
+                          f"({sizes['val']} images): e.g. data.val_subset_size={sizes['val']}")
 
 
 def check_writable(key: str, folder: str | os.PathLike) -> None:

@@ -203,16 +203,19 @@ def points_to_check(hydra_cfg: Mapping[str, Any], task: list[str]) -> tuple[list
     return space.corners(), list(space.distributions)
 
 
-def check_storage(hydra_cfg: Mapping[str, Any]) -> None:
+def check_storage(hydra_cfg: Mapping[str, Any], task: list[str] = ()) -> None:
     """Open our sweeper's storage once, before any MLflow run or job exists: one line if it cannot
-    be, or if it holds the study with the other direction."""
+    be, or if it holds the study with the other direction or another kind of search space."""
     if is_optuna_sweep(hydra_cfg):
         sweeper = hydra_cfg["sweeper"]
-        check_study(open_storage(sweeper.get("storage")), sweeper.get("study_name"), sweeper.get("direction"))
+        space = search_space(sweeper.get("params"), task)
+        check_study(open_storage(sweeper.get("storage")), sweeper.get("study_name"), sweeper.get("direction"),
+                    space.distributions)
 
 
-def check_study(storage, study_name: str | None, direction: str) -> None:
-    """A study that exists already must go the same direction: Optuna would load it and quietly keep its own."""
+def check_study(storage, study_name: str | None, direction: str, distributions: Mapping[str, Any] = {}) -> None:
+    """A study that exists already must go the same direction (Optuna would load it and quietly keep
+    its own), and search each key the way it did (Optuna refuses a changed choice() mid-sweep)."""
     if storage is None or study_name is None:
         return
     import optuna
@@ -225,3 +228,13 @@ def check_study(storage, study_name: str | None, direction: str) -> None:
         raise ConfigError(f"hydra.sweeper.direction={direction}: the study {study_name!r} in this storage was "
                           f"made to {existing.direction.name.lower()}: give that direction, or another "
                           "hydra.sweeper.study_name")
+    for trial in existing.get_trials(deepcopy=False):
+        for key, wanted in distributions.items():
+            before = trial.distributions.get(key)
+            try:
+                if before is not None:
+                    optuna.distributions.check_distribution_compatibility(before, wanted)
+            except ValueError as e:
+                raise ConfigError(f"hydra.sweeper.params.{key}: the study {study_name!r} searched it as {before}, "
+                                  f"which cannot become {wanted} ({e}): keep its search space, or give another "
+                                  "hydra.sweeper.study_name") from None

@@ -62,7 +62,7 @@ class OptunaSweeper(Sweeper):
         try:
             settings = read_settings(self.settings, arguments)
             storage = open_storage(settings.storage_url)
-            check_study(storage, settings.study_name, settings.direction)
+            check_study(storage, settings.study_name, settings.direction, settings.space.distributions)
         except ConfigError as e:  # the MLflowSweep callback checked these already; this is for sweeps without it
             sys.exit(f"error: {e}")
         study = optuna.create_study(study_name=settings.study_name, storage=storage, sampler=settings.sampler,

@@ -70,7 +70,7 @@ class MLflowSweep(Callback):
                 cfg = compose(config_name=config_name, overrides=job)
                 check_config(cfg)
                 check_data(cfg, resolve_path(cfg.data.processed_dir))
-            check_storage(config.hydra)  # an Optuna storage that cannot be opened
+            check_storage(config.hydra, task)  # an Optuna storage that cannot be opened, a study that differs
         except (ConfigError, HydraException, OmegaConfBaseException) as e:
             # Hydra turns a callback's exception into a warning and goes on: stop the sweep here.
             sys.exit(f"error: no sweep point was run: {' '.join(str(e).split())}")
