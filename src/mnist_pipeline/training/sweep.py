@@ -60,10 +60,12 @@ class MLflowSweep(Callback):
         from mnist_pipeline.tracking.runs import git_state, process_tags
         from mnist_pipeline.tracking.store import ensure_experiment, use_store
         from mnist_pipeline.training.checks import check_config, check_data
+        from mnist_pipeline.training.slurm import check_launcher
 
         task = list(config.hydra.overrides.task)
         jobs, swept = sweep_points(task)
         try:
+            check_launcher(config)
             for job in jobs:
                 cfg = compose(config_name=config_name, overrides=job)
                 check_config(cfg)

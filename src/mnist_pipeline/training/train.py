@@ -80,7 +80,7 @@ def mlflow_run(cfg: DictConfig, processed_dir: Path, out_dir: Path, extra_params
     from mnist_pipeline.model.module import DivergedError
     from mnist_pipeline.tracking import runs
     from mnist_pipeline.tracking.store import use_store
-    from mnist_pipeline.training import launch
+    from mnist_pipeline.training import launch, slurm
     from mnist_pipeline.training.stopping import RunKilled
 
     if not cfg.logger.enabled or launch.global_rank() != 0:
@@ -98,6 +98,10 @@ def mlflow_run(cfg: DictConfig, processed_dir: Path, out_dir: Path, extra_params
     try:
         yield run_id
         status = "FINISHED"
+    except slurm.RunRequeued as e:  # SIGUSR2 under SLURM: the requeued job continues this run
+        status = None
+        slurm.leave_running(run_id, e)
+        raise
     except RunKilled:
         status = "KILLED"
         raise
@@ -110,7 +114,7 @@ def mlflow_run(cfg: DictConfig, processed_dir: Path, out_dir: Path, extra_params
             raise DivergedError(int(step), float("nan")) from None
         raise
     finally:
-        if not attached:
+        if not attached and status is not None:
             try:
                 runs.end_run(run_id, status)
             except Exception as e:  # the store failing too: the run's own error is the one to report
@@ -139,6 +143,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         from mnist_pipeline.training import resume
 
         resumed = resume.find(cfg)
+    elif "SLURM_JOB_ID" in os.environ:  # a requeued SLURM job continues its own run
+        from mnist_pipeline.training import slurm
+
+        resumed = slurm.find_requeued(cfg)
     resume_ckpt = os.environ.get(launch.RESUME_ENV) or (resumed and str(resumed.checkpoint))
     weights = None
     if cfg.ckpt_path is not None:
@@ -152,10 +160,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         check_writable("paths.output_dir" if cfg.paths.get("output_dir") else "hydra.run.dir", out_dir)
         check_writable("paths.reports_dir", reports_dir(cfg, out_dir))
 
-    from mnist_pipeline.training.stopping import StopAtStepBoundary, signals_end_runs
+    from mnist_pipeline.training.slurm import requeue_on_usr2, step_boundary_stop
+    from mnist_pipeline.training.stopping import signals_end_runs
 
-    stop = StopAtStepBoundary()
-    with signals_end_runs(stop), mlflow_run(cfg, processed_dir, out_dir, extra_params, resumed) as run_id:
+    stop = step_boundary_stop()
+    with signals_end_runs(stop), requeue_on_usr2(stop), mlflow_run(cfg, processed_dir, out_dir, extra_params, resumed) as run_id:
         if local_procs > 1 and not launch.under_launcher():
             metrics = launch.run_workers(cfg, out_dir, local_procs,
                                          env={launch.RUN_ID_ENV: run_id or "", launch.RESUME_ENV: resume_ckpt or ""})
@@ -195,6 +204,7 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
     from mnist_pipeline.training.checkpoints import AtomicCheckpointIO
     from mnist_pipeline.training.perf import PhaseTimes
     from mnist_pipeline.training.progress import progress_callback
+    from mnist_pipeline.training.slurm import trainer_plugins
     from mnist_pipeline.training.stopping import RunKilled
 
     torch.set_num_threads(threads)
@@ -222,7 +232,7 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
         logger=loggers,
         callbacks=[best, last, reports.HistoryInCheckpoint(history), stop, phases, progress],
         enable_progress_bar=bars,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *trainer_plugins()],
         use_distributed_sampler=False,   # the datamodule slices each global batch itself
         check_val_every_n_epoch=None,    # validate every val_check_interval steps, across epochs
         log_every_n_steps=1,
