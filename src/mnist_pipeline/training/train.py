@@ -164,7 +164,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from mnist_pipeline.training.stopping import signals_end_runs
 
     stop = step_boundary_stop()
-    with signals_end_runs(stop), requeue_on_usr2(stop), mlflow_run(cfg, processed_dir, out_dir, extra_params, resumed) as run_id:
+    # requeue_on_usr2 outermost: submitit's requeue (which SIGTERMs the job) runs once ours is gone
+    with requeue_on_usr2(stop), signals_end_runs(stop), mlflow_run(cfg, processed_dir, out_dir, extra_params, resumed) as run_id:
         if local_procs > 1 and not launch.under_launcher():
             metrics = launch.run_workers(cfg, out_dir, local_procs,
                                          env={launch.RUN_ID_ENV: run_id or "", launch.RESUME_ENV: resume_ckpt or ""})
