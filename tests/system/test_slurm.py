@@ -1,0 +1,182 @@
+"""Sweeps on a real one-node SLURM cluster (support/slurm_cluster.py: munged, slurmctld, slurmd on
+this machine, no GPUs, no accounting): one job, one folder and one run per point; SIGUSR2 requeues
+a job that continues its run; scancel, scontrol requeue and a SIGKILL; DDP (trainer=ddp_cpu: one
+node, 2 tasks) inside a job. Multi-node jobs are not tested: the cluster has one node."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from support import MNIST, ROOT, metric_steps, store_client
+from support.slurm_cluster import missing_programs, start_cluster
+
+pytestmark = [pytest.mark.system_packages,
+              pytest.mark.skipif(bool(missing_programs()), reason=f"needs slurm-wlm and munge: {missing_programs()}")]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    cluster = start_cluster(tmp_path_factory.mktemp("slurm"))
+    yield cluster
+    cluster.stop()
+
+
+class Sweep:
+    """`mnist train -m hydra/launcher=slurm ...` running in the background, and what it recorded."""
+
+    def __init__(self, cluster, processed: Path, tmp: Path, *extra: str, max_steps: int = 10) -> None:
+        self.cluster, self.store, self.dir = cluster, tmp / "mlruns", tmp / "sweep"
+        args = ["train", "-m", "hydra/launcher=slurm", f"paths.processed_dir={processed}",
+                f"logger.tracking_uri=sqlite:///{self.store}/mlflow.db", "data.val_subset_size=100",
+                "data.eval_batch_size=100", f"trainer.max_steps={max_steps}", "progress_every_n_steps=1",
+                "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={self.dir}", *extra]
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen([*MNIST, *args], cwd=ROOT, env={**os.environ, **cluster.env},
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def finish(self, timeout: float = 240) -> str:
+        try:
+            out = self.proc.communicate(timeout=timeout)[0]
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(f"the sweep did not end within {timeout} s: {self.proc.communicate()[0][-3000:]}")
+        assert self.proc.returncode == 0, out[-4000:]
+        return out
+
+    def wait_for_step(self, step: int, point: int | None = None, timeout: float = 120) -> str:
+        """Wait until a point's rank-0 log (point `point` of a job array, if given) shows training at
+        `step` or later; that point's job id."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pattern = "*_0_log.out" if point is None else f"*_{point}_0_log.out"
+            for log in self.dir.glob(f"slurm/*/{pattern}"):
+                steps = [int(line.split(" step ")[1].split("/")[0]) for line in log.read_text().splitlines()
+                         if " step " in line and "train/loss" in line]
+                if steps and max(steps) >= step:
+                    return log.name.rsplit("_", 2)[0]
+            assert self.proc.poll() is None, f"the sweep ended early: {self.proc.communicate()[0][-3000:]}"
+            time.sleep(0.5)
+        raise AssertionError(f"no point reached step {step} within {timeout} s")
+
+    def state(self, job: str) -> str:
+        return dict(self.cluster.queue()).get(job, "GONE")
+
+    def wait_for_state(self, job: str, states: tuple[str, ...], timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while (state := self.state(job)) not in states:
+            assert time.monotonic() < deadline, f"job {job} is {state}, not {states}, after {timeout} s"
+            time.sleep(0.5)
+        return state
+
+    def release(self, job: str) -> None:
+        """A requeued job waits ~2 minutes (its begin time) before it may start again: start it now."""
+        self.wait_for_state(job, ("PENDING",))
+        self.cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+
+    def runs(self):
+        client = store_client(self.store)
+        runs = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
+        (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert len(runs) == 1 + len(children)
+        return parent, {r.data.tags["slurm_job_id"]: r for r in children}
+
+
+def test_a_2x2_sweep_is_one_job_one_folder_and_one_run_per_point(cluster, processed, tmp_path):
+    sweep = Sweep(cluster, processed, tmp_path, "optimizer.lr=0.05,0.1", "data.batch_size=32,64")
+    out = sweep.finish()
+    parent, points = sweep.runs()
+    (array,) = {job.split("_")[0] for job in points}
+    assert sorted(points) == [f"{array}_{i}" for i in range(4)], "one job of the job array per point"
+    assert {(r.data.params["optimizer.lr"], r.data.params["data.batch_size"]) for r in points.values()} == \
+        {("0.05", "32"), ("0.05", "64"), ("0.1", "32"), ("0.1", "64")}
+    assert all(r.info.status == "FINISHED" for r in points.values())
+    assert parent.info.status == "FINISHED" and parent.data.tags["failed_points"] == "0"
+    for i in range(4):
+        run = points[f"{array}_{i}"]
+        assert run.data.tags["output_dir"] == str(sweep.dir / str(i))
+        assert (sweep.dir / str(i) / "checkpoints" / "last.ckpt").is_file()
+        assert (sweep.dir / "slurm" / f"{array}_{i}" / f"{array}_{i}_0_log.out").is_file(), "logs in the sweep"
+    assert "best first by val_full/acc" in out
+    assert cluster.queue() and all(state == "COMPLETED" for job, state in cluster.queue() if job.startswith(array))
+    print(f"2x2 sweep: {time.monotonic() - sweep.started:.0f} s")
+
+
+def _assert_continued(client, run, steps: int) -> None:
+    """One run, every step once: the requeued job continued it."""
+    for key in ("train/loss", "train/acc"):
+        assert metric_steps(client, run.info.run_id, key) == list(range(1, steps + 1)), key
+
+
+def test_usr2_stops_the_run_and_the_requeued_job_continues_it(cluster, processed, tmp_path):
+    sweep = Sweep(cluster, processed, tmp_path, "optimizer.lr=0.05", max_steps=80)
+    job = sweep.wait_for_step(10)
+    cluster.run("scancel", "--signal=USR2", job)
+    sweep.wait_for_state(job, ("PENDING",))
+    _, points = sweep.runs()
+    before = points[job]
+    assert before.info.status == "RUNNING" and before.data.tags["requeued"] == "1"
+    assert (sweep.dir / "0" / "checkpoints" / "last.ckpt").is_file()
+    sweep.release(job)
+    sweep.finish()
+    parent, points = sweep.runs()
+    (after,) = points.values()
+    assert after.info.run_id == before.info.run_id and after.info.status == "FINISHED"
+    stopped_at = int(after.data.tags["resumed_at_step"])
+    assert 10 <= stopped_at < 80
+    _assert_continued(store_client(sweep.store), after, 80)
+    assert parent.data.tags["failed_points"] == "0"
+    print(f"USR2: stopped at step {stopped_at} of 80, continued in run {after.info.run_id}")
+
+
+def test_scontrol_requeue_kills_the_run_and_the_job_continues_it(cluster, processed, tmp_path):
+    sweep = Sweep(cluster, processed, tmp_path, "optimizer.lr=0.05", max_steps=80)
+    job = sweep.wait_for_step(10)
+    cluster.run("scontrol", "requeue", job)
+    sweep.release(job)
+    sweep.finish()
+    _, points = sweep.runs()
+    (run,) = points.values()
+    assert run.info.status == "FINISHED" and "requeued" not in run.data.tags
+    assert 10 <= int(run.data.tags["resumed_at_step"]) < 80
+    _assert_continued(store_client(sweep.store), run, 80)
+
+
+def test_killed_jobs_fail_only_their_points_and_never_hang_the_sweep(cluster, processed, tmp_path):
+    """scancel (SIGTERM): the run ends KILLED. A SIGKILL (no handler runs, no result is written):
+    the sweep sees the job gone through squeue and marks its run FAILED. The third point finishes."""
+    sweep = Sweep(cluster, processed, tmp_path, "optimizer.lr=0.05,0.1,0.2", max_steps=150)
+    first = sweep.wait_for_step(5, point=0)
+    array = first.split("_")[0]
+    cluster.run("scancel", first)
+    sweep.wait_for_step(3, point=1)
+    cluster.run("scancel", "--signal=KILL", f"{array}_1")
+    sweep.finish()
+    parent, points = sweep.runs()
+    killed, dead, finished = (points[f"{array}_{i}"] for i in range(3))
+    assert killed.info.status == "KILLED"
+    assert dead.info.status == "FAILED" and dead.data.tags["slurm_state"] in ("FAILED", "CANCELLED")
+    assert finished.info.status == "FINISHED"
+    assert parent.data.tags["failed_points"] == "2" and parent.data.tags["points"] == "3"
+    print(f"killed jobs: sweep over in {time.monotonic() - sweep.started:.0f} s")
+
+
+def test_ddp_in_a_job_stops_every_rank_at_one_step_and_continues(cluster, processed, tmp_path):
+    """trainer=ddp_cpu: one job of 2 tasks (srun), one run (rank 0), world_size 2; SIGUSR2 reaches
+    both ranks, which stop at the same step; the requeued job continues the run."""
+    sweep = Sweep(cluster, processed, tmp_path, "optimizer.lr=0.05", "trainer=ddp_cpu", max_steps=60)
+    job = sweep.wait_for_step(8)
+    assert (sweep.dir / "slurm" / job / f"{job}_1_log.out").is_file(), "a second task"
+    cluster.run("scancel", "--signal=USR2", job)
+    sweep.release(job)
+    sweep.finish()
+    _, points = sweep.runs()
+    (run,) = points.values()
+    assert run.data.params["world_size"] == "2" and run.info.status == "FINISHED"
+    assert run.data.tags["requeued"] == "1" and 8 <= int(run.data.tags["resumed_at_step"]) < 60
+    _assert_continued(store_client(sweep.store), run, 60)
