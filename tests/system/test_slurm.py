@@ -6,6 +6,7 @@ node, 2 tasks) inside a job. Multi-node jobs are not tested: the cluster has one
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -148,14 +149,16 @@ def test_scontrol_requeue_kills_the_run_and_the_job_continues_it(cluster, proces
 
 
 def test_killed_jobs_fail_only_their_points_and_never_hang_the_sweep(cluster, processed, tmp_path):
-    """scancel (SIGTERM): the run ends KILLED. A SIGKILL (no handler runs, no result is written):
-    the sweep sees the job gone through squeue and marks its run FAILED. The third point finishes."""
+    """scancel (SIGTERM): the run ends KILLED. A training process killed by SIGKILL (as the kernel's
+    out-of-memory killer does: no handler runs, no result is written): the sweep sees its job over
+    through squeue and marks its run FAILED. The third point finishes."""
     sweep = Sweep(cluster, processed, tmp_path, "optimizer.lr=0.05,0.1,0.2", max_steps=150)
     first = sweep.wait_for_step(5, point=0)
     array = first.split("_")[0]
     cluster.run("scancel", first)
     sweep.wait_for_step(3, point=1)
-    cluster.run("scancel", "--signal=KILL", f"{array}_1")
+    _, points = sweep.runs()
+    os.kill(int(points[f"{array}_1"].data.tags["pid"]), signal.SIGKILL)
     sweep.finish()
     parent, points = sweep.runs()
     killed, dead, finished = (points[f"{array}_{i}"] for i in range(3))
