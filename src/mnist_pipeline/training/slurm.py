@@ -141,8 +141,8 @@ def _end_refused(run_id: str, why: str) -> None:
 
 def find_requeued(cfg):
     """In a SLURM job that runs again (requeued), the run it started before: a `resume.Resumable`,
-    or None (not a requeued job, tracking off, or no such run). A run found without a checkpoint
-    to continue from is ended KILLED, and a new run starts."""
+    or None (not a requeued job, tracking off, or no such run, or one with another config). A run
+    found without a checkpoint to continue from is ended KILLED, and a new run starts."""
     job = slurm_job_id()
     if job is None or not cfg.logger.enabled:
         return None
@@ -161,9 +161,11 @@ def find_requeued(cfg):
                                order_by=["attributes.start_time DESC"], max_results=20)
     parent = os.environ.get(PARENT_ENV)
     found = [r for r in found if parent is None or r.data.tags.get("mlflow.parentRunId") == parent]
+    # Restarted: the job's earlier run is over whatever its status says. Not restarted: only a run
+    # this job stopped to be requeued (two trainings in one allocation must never take each other's run).
     restarted = int(os.environ.get("SLURM_RESTART_COUNT", 0)) > 0
-    run = next((r for r in found if r.info.status == "RUNNING" or (restarted and r.info.status in resume.RESUMABLE)),
-               None)
+    run = next((r for r in found if (restarted and r.info.status in resume.RESUMABLE)
+                or (r.info.status == "RUNNING" and "requeued" in r.data.tags)), None)
     if run is None:
         if restarted:
             log.warning("job %s was restarted but has no run to continue: a new run starts", job)
@@ -177,6 +179,10 @@ def find_requeued(cfg):
         if run.info.status == "RUNNING":
             end_run(run.info.run_id, "KILLED")
         return None
-    found_run = resume.load(cfg, run)
+    try:
+        found_run = resume.load(cfg, run)
+    except ConfigError as e:  # another config, or an unreadable checkpoint: not this job's run to continue
+        log.warning("job %s does not continue run %s (%s): a new run starts", job, run.info.run_id, e)
+        return None
     log.warning("job %s was requeued: continuing run %s from step %d", job, run.info.run_id, found_run.step)
     return found_run
