@@ -50,6 +50,9 @@ class SlurmCluster:
         out = self.run("squeue", "-h", "-t", "all", "-o", "%i|%T").stdout
         return [tuple(line.split("|")) for line in out.splitlines() if line]
 
+    def queue_state(self, job: str) -> str:
+        return dict(self.queue()).get(job, "GONE")
+
     def log(self, name: str) -> str:
         path = self.folder / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
@@ -96,7 +99,8 @@ SlurmdPort={_free_port()}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket={munge_socket}
+# cred_expire: how long a requeued job waits before it may start again (default 120 s)
+AuthInfo=socket={munge_socket},cred_expire=10
 CredType=cred/munge
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none

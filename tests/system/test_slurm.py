@@ -65,20 +65,20 @@ class Sweep:
             time.sleep(0.5)
         raise AssertionError(f"no point reached step {step} within {timeout} s")
 
-    def state(self, job: str) -> str:
-        return dict(self.cluster.queue()).get(job, "GONE")
+    def wait_for_log(self, job: str, text: str, timeout: float = 60) -> None:
+        log = self.dir / "slurm" / job / f"{job}_0_log.out"
+        deadline = time.monotonic() + timeout
+        while not (log.is_file() and text in log.read_text()):
+            assert time.monotonic() < deadline, f"{text!r} not in {log} after {timeout} s"
+            time.sleep(0.5)
 
     def wait_for_state(self, job: str, states: tuple[str, ...], timeout: float = 60) -> str:
         deadline = time.monotonic() + timeout
-        while (state := self.state(job)) not in states:
+        while (state := self.cluster.queue_state(job)) not in states:
             assert time.monotonic() < deadline, f"job {job} is {state}, not {states}, after {timeout} s"
             time.sleep(0.5)
         return state
 
-    def release(self, job: str) -> None:
-        """A requeued job waits ~2 minutes (its begin time) before it may start again: start it now."""
-        self.wait_for_state(job, ("PENDING",))
-        self.cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
 
     def runs(self):
         client = store_client(self.store)
@@ -106,7 +106,10 @@ def test_a_2x2_sweep_is_one_job_one_folder_and_one_run_per_point(cluster, proces
         assert (sweep.dir / "slurm" / f"{array}_{i}" / f"{array}_{i}_0_log.out").is_file(), "logs in the sweep"
     assert "best first by val_full/acc" in out
     assert cluster.queue() and all(state == "COMPLETED" for job, state in cluster.queue() if job.startswith(array))
-    print(f"2x2 sweep: {time.monotonic() - sweep.started:.0f} s")
+    print(f"\n2x2 sweep in {time.monotonic() - sweep.started:.0f} s; parent {parent.info.status} "
+          f"failed_points={parent.data.tags['failed_points']}")
+    for job, run in sorted(points.items()):
+        print(f"  job {job} ({cluster.queue_state(job)}): run {run.info.run_id} {run.info.run_name!r} {run.info.status}")
 
 
 def _assert_continued(client, run, steps: int) -> None:
@@ -119,34 +122,41 @@ def test_usr2_stops_the_run_and_the_requeued_job_continues_it(cluster, processed
     sweep = Sweep(cluster, processed, tmp_path, "optimizer.lr=0.05", max_steps=80)
     job = sweep.wait_for_step(10)
     cluster.run("scancel", "--signal=USR2", job)
-    sweep.wait_for_state(job, ("PENDING",))
+    sweep.wait_for_log(job, f"Requeued job {job}")
+    # The requeued job may start again after 10 s (the test cluster's cred_expire): the run as the
+    # first run of the job left it.
     _, points = sweep.runs()
     before = points[job]
     assert before.info.status == "RUNNING" and before.data.tags["requeued"] == "1"
     assert (sweep.dir / "0" / "checkpoints" / "last.ckpt").is_file()
-    sweep.release(job)
+    logged_before = metric_steps(store_client(sweep.store), before.info.run_id, "train/loss")
+    assert len(logged_before) >= 10 and logged_before == list(range(1, len(logged_before) + 1)), "flushed"
     sweep.finish()
     parent, points = sweep.runs()
     (after,) = points.values()
     assert after.info.run_id == before.info.run_id and after.info.status == "FINISHED"
     stopped_at = int(after.data.tags["resumed_at_step"])
-    assert 10 <= stopped_at < 80
+    assert stopped_at == len(logged_before)
     _assert_continued(store_client(sweep.store), after, 80)
     assert parent.data.tags["failed_points"] == "0"
-    print(f"USR2: stopped at step {stopped_at} of 80, continued in run {after.info.run_id}")
+    print(f"\nUSR2 to job {job}: run {before.info.run_id} RUNNING requeued=1 with steps 1..{logged_before[-1]} "
+          f"logged; requeued job continued run {after.info.run_id} from step {stopped_at}: {after.info.status}, "
+          f"train/loss steps 1..80 once each")
 
 
 def test_scontrol_requeue_kills_the_run_and_the_job_continues_it(cluster, processed, tmp_path):
-    sweep = Sweep(cluster, processed, tmp_path, "optimizer.lr=0.05", max_steps=80)
+    sweep = Sweep(cluster, processed, tmp_path, "optimizer.lr=0.05", max_steps=200)
     job = sweep.wait_for_step(10)
     cluster.run("scontrol", "requeue", job)
-    sweep.release(job)
     sweep.finish()
     _, points = sweep.runs()
     (run,) = points.values()
     assert run.info.status == "FINISHED" and "requeued" not in run.data.tags
-    assert 10 <= int(run.data.tags["resumed_at_step"]) < 80
-    _assert_continued(store_client(sweep.store), run, 80)
+    assert 10 <= int(run.data.tags["resumed_at_step"]) < 200
+    assert "killed by SIGTERM: run marked KILLED" in (sweep.dir / "slurm" / job / f"{job}_0_log.err").read_text()
+    _assert_continued(store_client(sweep.store), run, 200)
+    print(f"\nscontrol requeue {job}: run {run.info.run_id} KILLED at step {run.data.tags['resumed_at_step']}, "
+          f"continued by the requeued job: {run.info.status}, steps 1..200 once each")
 
 
 def test_killed_jobs_fail_only_their_points_and_never_hang_the_sweep(cluster, processed, tmp_path):
@@ -164,10 +174,14 @@ def test_killed_jobs_fail_only_their_points_and_never_hang_the_sweep(cluster, pr
     parent, points = sweep.runs()
     killed, dead, finished = (points[f"{array}_{i}"] for i in range(3))
     assert killed.info.status == "KILLED"
+    stderr = (sweep.dir / "slurm" / f"{array}_0" / f"{array}_0_0_log.err").read_text()
+    assert "killed by SIGTERM: run marked KILLED" in stderr and "exit code 143" in stderr
     assert dead.info.status == "FAILED" and dead.data.tags["slurm_state"] in ("FAILED", "CANCELLED")
     assert finished.info.status == "FINISHED"
     assert parent.data.tags["failed_points"] == "2" and parent.data.tags["points"] == "3"
-    print(f"killed jobs: sweep over in {time.monotonic() - sweep.started:.0f} s")
+    print(f"\nkilled jobs: sweep over in {time.monotonic() - sweep.started:.0f} s, rc 0, failed_points=2")
+    for job, run in sorted(points.items()):
+        print(f"  job {job} ({cluster.queue_state(job)}): {run.info.status} slurm_state={run.data.tags.get('slurm_state')}")
 
 
 def test_ddp_in_a_job_stops_every_rank_at_one_step_and_continues(cluster, processed, tmp_path):
@@ -177,10 +191,11 @@ def test_ddp_in_a_job_stops_every_rank_at_one_step_and_continues(cluster, proces
     job = sweep.wait_for_step(8)
     assert (sweep.dir / "slurm" / job / f"{job}_1_log.out").is_file(), "a second task"
     cluster.run("scancel", "--signal=USR2", job)
-    sweep.release(job)
     sweep.finish()
     _, points = sweep.runs()
     (run,) = points.values()
     assert run.data.params["world_size"] == "2" and run.info.status == "FINISHED"
     assert run.data.tags["requeued"] == "1" and 8 <= int(run.data.tags["resumed_at_step"]) < 60
     _assert_continued(store_client(sweep.store), run, 60)
+    print(f"\nddp_cpu job {job} (2 tasks): run {run.info.run_id} world_size={run.data.params['world_size']}, "
+          f"USR2 at step {run.data.tags['resumed_at_step']}, requeued, {run.info.status}, steps 1..60 once each")
