@@ -26,10 +26,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	python -m pytest tests/unit -m "not system_packages"
 
-# The tests that need Debian packages (chromium: the MLflow UI in a headless browser), which this
-# target installs when they are missing.
+# The tests that need Debian packages (chromium: the MLflow UI in a headless browser; slurm-wlm and
+# munge: a one-node SLURM cluster, run as root), which this target installs when they are missing.
 test-system: $(STAMP)
 	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	{ command -v sbatch && command -v slurmctld && command -v slurmd && command -v munged; } >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge; }
 	python -m pytest -m system_packages
 
 test-ui: test-system

@@ -28,6 +28,8 @@ SELECTION = "val_full/acc"
 PARENT_ENV = "MNIST_PIPELINE_PARENT_RUN_ID"
 SWEEP_ENV = "MNIST_PIPELINE_SWEEP"
 SWEPT_KEYS_ENV = "MNIST_PIPELINE_SWEPT_KEYS"
+# The SLURM job a run was started in (`slurm_job_id()`): a requeued job finds its run by it.
+SLURM_JOB_TAG = "slurm_job_id"
 # Short names of the keys people sweep most, in run names and tables.
 SHORT_NAMES = {"optimizer.lr": "lr", "data.batch_size": "bs"}
 
@@ -58,6 +60,12 @@ def process_tags() -> dict[str, str]:
         "pid": str(os.getpid()),
         "pid_start_time": f"{psutil.Process().create_time():.2f}",
     }
+
+
+def slurm_job_id() -> str | None:
+    """This process's SLURM job as `scontrol` names it (`<array job>_<task>` in a job array), or None."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
 
 
 START_TIME_TOLERANCE_S = 1.0
@@ -162,6 +170,8 @@ def start_run(cfg, *, processed_dir: Path, out_dir: Path, overrides: list[str],
     }
     # The sweep's control of this point (conf/config.yaml `sweep:`), as tags of its own name.
     tags.update(sweep_tags(cfg))
+    if slurm_job_id():
+        tags[SLURM_JOB_TAG] = slurm_job_id()
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp"] = os.environ["DVC_EXP_NAME"]
     if os.environ.get(PARENT_ENV):  # a point of a -m sweep: a child of the sweep's run

@@ -43,7 +43,6 @@ def _why_not(run) -> str | None:
 
 def find(cfg) -> Resumable:
     """The run `cfg.resume` names, checked; a ConfigError saying why when there is none."""
-    import torch
     from mlflow.tracking import MlflowClient
 
     from mnist_pipeline.tracking.store import StoreError, experiment_id, use_store
@@ -68,6 +67,13 @@ def find(cfg) -> Resumable:
         reason = _why_not(run)
         if reason:
             raise ConfigError(f"resume={cfg.resume}: cannot resume this run: {reason}")
+    return load(cfg, run)
+
+
+def load(cfg, run) -> Resumable:
+    """`run` as a Resumable: its config checked against `cfg`, its `last` checkpoint's step read."""
+    import torch
+
     check_same_config(cfg, run)
     out_dir = Path(run.data.tags["output_dir"])
     checkpoint = out_dir / "checkpoints" / "last.ckpt"

@@ -42,7 +42,11 @@ class StopAtStepBoundary(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.signum is not None:
-            raise RunKilled(self.signum)
+            raise self.exception(self.signum)
+
+    def exception(self, signum: int) -> BaseException:
+        """What stops the run for this signal (training/slurm.py stops SIGUSR2 differently)."""
+        return RunKilled(signum)
 
 
 @contextlib.contextmanager

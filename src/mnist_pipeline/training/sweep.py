@@ -61,9 +61,11 @@ class MLflowSweep(Callback):
         from mnist_pipeline.tracking.store import ensure_experiment, use_store
         from mnist_pipeline.training.checks import check_config, check_data
         from mnist_pipeline.training.optuna_study import check_storage, points_to_check
+        from mnist_pipeline.training.slurm import check_launcher
 
         task = list(config.hydra.overrides.task)
         try:
+            check_launcher(config)
             # hparams_search=optuna: points that hold every searched value's ends; else the grid
             jobs, swept = points_to_check(config.hydra, task) or sweep_points(task)
             for job in jobs:

@@ -60,13 +60,16 @@ def hydra_overrides() -> list[str]:
 
 
 def _quiet_framework_noise() -> None:
-    """Drop Lightning's advertising tip and a deprecation warning from its own internals."""
+    """Drop Lightning's advertising tip, a deprecation warning from its own internals and its hint to
+    use `srun` wherever SLURM is installed."""
     import warnings
 
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
         lambda record: not str(record.msg).startswith("💡 Tip")
     )
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # On any machine with SLURM installed: jobs go through hydra/launcher=slurm, not `srun` by hand.
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")
 
 
 @contextlib.contextmanager
@@ -80,7 +83,7 @@ def mlflow_run(cfg: DictConfig, processed_dir: Path, out_dir: Path, extra_params
     from mnist_pipeline.model.module import DivergedError
     from mnist_pipeline.tracking import runs
     from mnist_pipeline.tracking.store import use_store
-    from mnist_pipeline.training import launch
+    from mnist_pipeline.training import launch, slurm
     from mnist_pipeline.training.stopping import RunKilled
 
     if not cfg.logger.enabled or launch.global_rank() != 0:
@@ -98,6 +101,10 @@ def mlflow_run(cfg: DictConfig, processed_dir: Path, out_dir: Path, extra_params
     try:
         yield run_id
         status = "FINISHED"
+    except slurm.RunRequeued as e:  # SIGUSR2 under SLURM: the requeued job continues this run
+        status = None
+        slurm.leave_running(run_id, e)
+        raise
     except RunKilled:
         status = "KILLED"
         raise
@@ -110,7 +117,7 @@ def mlflow_run(cfg: DictConfig, processed_dir: Path, out_dir: Path, extra_params
             raise DivergedError(int(step), float("nan")) from None
         raise
     finally:
-        if not attached:
+        if not attached and status is not None:
             try:
                 runs.end_run(run_id, status)
             except Exception as e:  # the store failing too: the run's own error is the one to report
@@ -139,6 +146,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         from mnist_pipeline.training import resume
 
         resumed = resume.find(cfg)
+    elif "SLURM_JOB_ID" in os.environ:  # a requeued SLURM job continues its own run
+        from mnist_pipeline.training import slurm
+
+        resumed = slurm.find_requeued(cfg)
     resume_ckpt = os.environ.get(launch.RESUME_ENV) or (resumed and str(resumed.checkpoint))
     weights = None
     if cfg.ckpt_path is not None:
@@ -153,10 +164,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         check_writable("paths.reports_dir", reports_dir(cfg, out_dir))
 
     from mnist_pipeline.training.gpu_slots import device_for
-    from mnist_pipeline.training.stopping import StopAtStepBoundary, signals_end_runs
+    from mnist_pipeline.training.slurm import requeue_on_usr2, step_boundary_stop
+    from mnist_pipeline.training.stopping import signals_end_runs
 
-    stop = StopAtStepBoundary()
-    with signals_end_runs(stop), device_for(cfg) as device, \
+    stop = step_boundary_stop()
+    # requeue_on_usr2 outermost: submitit's requeue (which SIGTERMs the job) runs once ours is gone
+    with requeue_on_usr2(stop), signals_end_runs(stop), device_for(cfg) as device, \
             mlflow_run(cfg, processed_dir, out_dir, extra_params, resumed) as run_id:
         if run_id:
             from mnist_pipeline.tracking.runs import set_tag
@@ -203,6 +216,7 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
     from mnist_pipeline.training.perf import PhaseTimes
     from mnist_pipeline.training.progress import progress_callback
     from mnist_pipeline.training.pruning import median_pruning
+    from mnist_pipeline.training.slurm import trainer_plugins
     from mnist_pipeline.training.stopping import RunKilled
 
     torch.set_num_threads(threads)
@@ -232,7 +246,7 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
         callbacks=[best, last, reports.HistoryInCheckpoint(history), stop, phases, progress,
                    *([pruning] if pruning else [])],
         enable_progress_bar=bars,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *trainer_plugins()],
         use_distributed_sampler=False,   # the datamodule slices each global batch itself
         check_val_every_n_epoch=None,    # validate every val_check_interval steps, across epochs
         log_every_n_steps=1,
