@@ -9,7 +9,6 @@ FAILED (an exception, or a diverged loss: tag `diverged_at_step`) or KILLED (SIG
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import os
@@ -53,12 +52,6 @@ def parallel_jobs() -> int:
     return n_jobs if isinstance(n_jobs, int) and n_jobs > 0 else 1
 
 
-def hydra_overrides() -> list[str]:
-    from hydra.core.hydra_config import HydraConfig
-
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
 def _quiet_framework_noise() -> None:
     """Drop Lightning's advertising tip, a deprecation warning from its own internals and its hint to
     use `srun` wherever SLURM is installed."""
@@ -70,60 +63,6 @@ def _quiet_framework_noise() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # On any machine with SLURM installed: jobs go through hydra/launcher=slurm, not `srun` by hand.
     warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")
-
-
-@contextlib.contextmanager
-def mlflow_run(cfg: DictConfig, processed_dir: Path, out_dir: Path, extra_params: dict, resumed=None):
-    """The run this process records into, or None (tracking off, or not global rank 0).
-
-    A run this process created is ended here: FINISHED, FAILED (an exception; a diverged loss also
-    gets the tag `diverged_at_step`) or KILLED (SIGINT/SIGTERM). A run created by a DDP launcher
-    (`launch.RUN_ID_ENV`) is only written to: the launcher ends it.
-    """
-    from mnist_pipeline.model.module import DivergedError
-    from mnist_pipeline.tracking import runs
-    from mnist_pipeline.tracking.store import use_store
-    from mnist_pipeline.training import launch, slurm
-    from mnist_pipeline.training.stopping import RunKilled
-
-    if not cfg.logger.enabled or launch.global_rank() != 0:
-        yield None
-        return
-    use_store(cfg.logger.tracking_uri)
-    attached = os.environ.get(launch.RUN_ID_ENV)
-    if resumed is not None:
-        run_id = resumed.run_id
-        runs.reopen_run(run_id, resumed.step)
-    else:
-        run_id = attached or runs.start_run(cfg, processed_dir=processed_dir, out_dir=out_dir,
-                                                overrides=hydra_overrides(), extra_params=extra_params)
-    status = "FAILED"
-    try:
-        yield run_id
-        status = "FINISHED"
-    except slurm.RunRequeued as e:  # SIGUSR2 under SLURM: the requeued job continues this run
-        status = None
-        slurm.leave_running(run_id, e)
-        raise
-    except RunKilled:
-        status = "KILLED"
-        raise
-    except DivergedError as e:
-        runs.set_tag(run_id, "diverged_at_step", str(e.step))
-        raise
-    except launch.WorkersFailed:
-        step = runs.get_tag(run_id, "diverged_at_step")
-        if step is not None:
-            raise DivergedError(int(step), float("nan")) from None
-        raise
-    finally:
-        if not attached and status is not None:
-            try:
-                runs.end_run(run_id, status)
-            except Exception as e:  # the store failing too: the run's own error is the one to report
-                if status == "FINISHED":
-                    raise
-                logging.getLogger(__name__).warning("could not mark run %s %s: %s", run_id, status, e)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -164,6 +103,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         check_writable("paths.reports_dir", reports_dir(cfg, out_dir))
 
     from mnist_pipeline.training.gpu_slots import device_for
+    from mnist_pipeline.training.mlflow_run import mlflow_run
     from mnist_pipeline.training.slurm import requeue_on_usr2, step_boundary_stop
     from mnist_pipeline.training.stopping import signals_end_runs
 

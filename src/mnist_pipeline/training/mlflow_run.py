@@ -1,0 +1,74 @@
+"""The MLflow run of one training job: opened (created, continued when resuming, or attached to a
+DDP launcher's run) and ended with the status only this process knows: FINISHED, FAILED (an
+exception; a diverged loss also gets the tag `diverged_at_step`), KILLED (SIGINT/SIGTERM), or left
+RUNNING for a requeued SLURM job to continue."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+
+def hydra_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+@contextlib.contextmanager
+def mlflow_run(cfg: DictConfig, processed_dir: Path, out_dir: Path, extra_params: dict, resumed=None):
+    """The run this process records into, or None (tracking off, or not global rank 0).
+
+    A run this process created is ended here: FINISHED, FAILED (an exception; a diverged loss also
+    gets the tag `diverged_at_step`) or KILLED (SIGINT/SIGTERM), or left RUNNING for the requeued
+    job (SIGUSR2 under SLURM). A run created by a DDP launcher (`launch.RUN_ID_ENV`) is only written
+    to: the launcher ends it.
+    """
+    from mnist_pipeline.model.module import DivergedError
+    from mnist_pipeline.tracking import runs
+    from mnist_pipeline.tracking.store import use_store
+    from mnist_pipeline.training import launch, slurm
+    from mnist_pipeline.training.stopping import RunKilled
+
+    if not cfg.logger.enabled or launch.global_rank() != 0:
+        yield None
+        return
+    use_store(cfg.logger.tracking_uri)
+    attached = os.environ.get(launch.RUN_ID_ENV)
+    if resumed is not None:
+        run_id = resumed.run_id
+        runs.reopen_run(run_id, resumed.step)
+    else:
+        run_id = attached or runs.start_run(cfg, processed_dir=processed_dir, out_dir=out_dir,
+                                                overrides=hydra_overrides(), extra_params=extra_params)
+    status = "FAILED"
+    try:
+        yield run_id
+        status = "FINISHED"
+    except slurm.RunRequeued as e:  # SIGUSR2 under SLURM: the requeued job continues this run
+        status = None
+        slurm.leave_running(run_id, e)
+        raise
+    except RunKilled:
+        status = "KILLED"
+        raise
+    except DivergedError as e:
+        runs.set_tag(run_id, "diverged_at_step", str(e.step))
+        raise
+    except launch.WorkersFailed:
+        step = runs.get_tag(run_id, "diverged_at_step")
+        if step is not None:
+            raise DivergedError(int(step), float("nan")) from None
+        raise
+    finally:
+        if not attached and status is not None:
+            try:
+                runs.end_run(run_id, status)
+            except Exception as e:  # the store failing too: the run's own error is the one to report
+                if status == "FINISHED":
+                    raise
+                logging.getLogger(__name__).warning("could not mark run %s %s: %s", run_id, status, e)
