@@ -98,6 +98,46 @@ def store_lock(uri: str):
     return FileLock(f"{db}.lock")
 
 
+# The first contact with a tracking server: short, so that a wrong address or a server that is down
+# is one line within seconds, not the MLflow client's retries (~4 minutes) and a long traceback.
+FIRST_CONTACT_TIMEOUT_S = 5.0
+
+
+def check_reachable(uri: str, timeout_s: float = FIRST_CONTACT_TIMEOUT_S) -> None:
+    """A tracking server (http/https URI) answers, and takes this client's credentials; StoreError
+    in one line otherwise. Other stores (a SQLite file) are not probed."""
+    import base64
+    import json
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if user:
+        token = base64.b64encode(f"{user}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as answer:
+            json.loads(answer.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        if e.code == 401:
+            who = f"user {user!r}" if user else "no credentials"
+            raise StoreError(f"the MLflow server at {uri} refused {who} (401): set MLFLOW_TRACKING_USERNAME "
+                             "and MLFLOW_TRACKING_PASSWORD to an account of that server") from None
+        raise StoreError(f"the MLflow server at {uri} answered {e.code} {e.reason}: is this an MLflow tracking "
+                         "server? fix logger.tracking_uri (--tracking-uri) or MLFLOW_TRACKING_URI") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+            reason = f"no answer within {timeout_s:g} s"
+        raise StoreError(f"no MLflow server answers at {uri} ({reason}): start it (make server) or fix "
+                         "logger.tracking_uri (--tracking-uri) or MLFLOW_TRACKING_URI") from None
+
+
 def open_store(explicit: str | None = None):
     """(client, uri) of the store training uses, for commands that read runs. A missing embedded
     store is a StoreError, not created empty."""
@@ -107,6 +147,7 @@ def open_store(explicit: str | None = None):
     db = embedded_db(uri)
     if db is not None and not db.is_file():
         raise StoreError(f"no MLflow store at {db}: train a model first (mnist train) or pass --tracking-uri")
+    check_reachable(uri)
     return MlflowClient(uri), uri
 
 

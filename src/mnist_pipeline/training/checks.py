@@ -105,3 +105,16 @@ def check_writable(key: str, folder: str | os.PathLike) -> None:
     except OSError as e:
         reason = e.strerror or str(e)
         raise ConfigError(f"{key}={folder}: cannot write there ({reason}): choose another folder") from None
+
+
+def check_store(cfg: DictConfig) -> None:
+    """A tracking server that does not answer, or refuses this client, stops the run here: one line
+    within seconds, before the MLflow client would retry for minutes."""
+    if not cfg.logger.enabled:
+        return
+    from mnist_pipeline.tracking.store import StoreError, check_reachable, tracking_uri
+
+    try:
+        check_reachable(tracking_uri(cfg.logger.tracking_uri))
+    except StoreError as e:
+        raise ConfigError(str(e)) from None
