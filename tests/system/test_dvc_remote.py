@@ -88,21 +88,24 @@ def test_a_second_clone_pulls_fetch_and_split_outputs_and_reruns_neither(tmp_pat
     assert not remote.exists(), "nothing pushed yet"
     git_commit(first, "dvc.lock")
 
-    # A fresh clone, remote not even created: `make repro` tries to pull, falls back to running fetch and
-    # split, and succeeds.
-    fallback = _clone(first, tmp_path / "fallback")
-    made = make(fallback, "repro")
-    assert _stages_pulled(made) == {"fetch", "split"}
-    assert "Unable to pull data for stage: 'fetch'" in made.stdout
-    assert _stages_run(made) == {"fetch", "split"}
-    _assert_same_bytes(fallback, first)
-    assert not remote.exists()
+    # Fresh clones, the remote not yet created, then empty: `make repro` tries to pull, falls back to
+    # running fetch and split, and succeeds.
+    for state in ("missing", "empty"):
+        if state == "empty":
+            remote.mkdir(parents=True)
+        fallback = _clone(first, tmp_path / f"fallback-{state}")
+        made = make(fallback, "repro")
+        assert _stages_pulled(made) == {"fetch", "split"}, state
+        assert "Unable to pull data for stage: 'fetch'" in made.stdout, state
+        assert _stages_run(made) == {"fetch", "split"}, state
+        _assert_same_bytes(fallback, first)
+    assert not any(remote.iterdir())
 
     # `dvc push` uploads the outputs of fetch and split into the default remote.
     assert set(json.loads(_ok(dvc(first, "status", "--cloud", "--json")))) >= set(DATA)
     pushed = _ok(dvc(first, "push"))
     print(f"dvc push: {pushed.strip()}")
-    assert re.search(r"\d+ files pushed", pushed) and remote.is_dir()
+    assert re.search(r"\d+ files pushed", pushed) and any(p.is_file() for p in remote.rglob("*"))
     assert json.loads(_ok(dvc(first, "status", "--cloud", "--json")) or "{}") == {}
 
     # A second clone: `dvc pull`, then `dvc repro` runs nothing and touches no file.
