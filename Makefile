@@ -7,7 +7,15 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: repro test test-fast test-system test-ui ui serve bench lock clean-venv
+# The default DVC remote: a folder in the user's cache that every clone on this machine shares.
+# DVC's config expands neither ~ nor variables, so the path is resolved here and written into
+# .dvc/config.local (ignored by git: this clone only), once, unless a default remote is set already
+# (a team's in .dvc/config, or the user's own). Another folder: `make repro MNIST_DVC_REMOTE=/path`
+# before the first run, or `dvc remote modify --local user-cache url /path` at any time.
+MNIST_DVC_REMOTE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/mnist-pipeline/dvc-remote
+DVC_LOCAL_CONFIG := .dvc/config.local
+
+.PHONY: repro remote test test-fast test-system test-ui ui serve bench lock clean-venv
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -15,8 +23,19 @@ $(STAMP): pyproject.toml requirements.lock
 	$(VENV)/bin/python -c "import mnist_pipeline, pytorch_lightning, mlflow, hydra, dvc"
 	touch $@
 
-repro: $(STAMP)
-	dvc repro
+$(DVC_LOCAL_CONFIG): | $(STAMP)
+	test -n "$$(dvc config core.remote)" || dvc remote add --local --default user-cache '$(MNIST_DVC_REMOTE)'
+	touch $@
+
+# `--pull`: a stage that is unchanged but whose outputs are missing (a fresh clone) takes them from the
+# default remote; a stage the remote cannot serve (empty, missing, no remote) runs. Nothing changed:
+# every stage is skipped before any remote is asked.
+repro: $(STAMP) $(DVC_LOCAL_CONFIG)
+	dvc repro --pull
+
+# The default remote, set up if missing, and every remote DVC sees here.
+remote: $(DVC_LOCAL_CONFIG)
+	dvc remote list
 
 # Every test that needs no Debian package: unit, integration and system tiers (tests/).
 test: $(STAMP)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -15,12 +14,11 @@ import numpy as np
 import pytest
 
 from support import ROOT, store_client
+from support.repo_copy import copy_repo, edit, run_in
 
 
 def _sh(*cmd, cwd, timeout=600):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    return run_in(cwd, *cmd, timeout=timeout)
 
 
 def _stages_run(result) -> set[str]:
@@ -38,32 +36,11 @@ def _status(repo: Path) -> dict:
     return json.loads(result.stdout or "{}")
 
 
-def _edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text
-    path.write_text(text.replace(old, new))
-
-
 @pytest.fixture(scope="module")
 def repo_copy(tmp_path_factory, real_mnist_raw) -> Path:
-    """The committed and working-tree files of this repo (not data/, mlruns/, ...), as a new git repo,
-    fetching from a local folder of real MNIST and training a short tutorial."""
-    copy = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if (ROOT / name).is_file():
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, copy / name)
-    shutil.rmtree(copy / "reports", ignore_errors=True)
-    (copy / "dvc.lock").unlink(missing_ok=True)
-    _edit(copy / "conf/data/mnist.yaml", "source_dir: null", f"source_dir: {real_mnist_raw}")
-    _edit(copy / "conf/data/mnist.yaml", "sources: [local, cache, mirrors, pypi, npm]", "sources: [local]")
-    _edit(copy / "conf/experiment/tutorial.yaml", "max_steps: 100", "max_steps: 10")
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
-        subprocess.run(cmd, cwd=copy, check=True, capture_output=True)
-    return copy
+    """This repo as a new git repo (support/repo_copy.py), fetching from a local folder of real MNIST
+    and training a short tutorial."""
+    return copy_repo(tmp_path_factory.mktemp("repo"), real_mnist_raw)
 
 
 def test_repro_runs_everything_then_nothing_then_only_what_changed(repo_copy):
@@ -101,12 +78,12 @@ def test_repro_runs_everything_then_nothing_then_only_what_changed(repo_copy):
     datamodule.write_text(original)
     assert _status(repo_copy) == {}
 
-    _edit(repo_copy / "conf/optimizer/sgd.yaml", "lr: 0.15", "lr: 0.1")
+    edit(repo_copy / "conf/optimizer/sgd.yaml", "lr: 0.15", "lr: 0.1")
     assert _stages_run(_sh("dvc", "repro", cwd=repo_copy)) == {"train"}
     assert _newest_run(repo_copy).data.params["optimizer.lr"] == "0.1", "trained with the edit, not stale values"
     assert "lr: 0.1\n" in (repo_copy / "params.yaml").read_text(), "params.yaml records what ran"
 
-    _edit(repo_copy / "conf/data/mnist.yaml", "  seed: 0", "  seed: 1")
+    edit(repo_copy / "conf/data/mnist.yaml", "  seed: 0", "  seed: 1")
     assert _stages_run(_sh("dvc", "repro", cwd=repo_copy)) == {"split", "train"}
 
     metrics_show = _sh("dvc", "metrics", "show", "--json", cwd=repo_copy)
