@@ -22,11 +22,13 @@ class BufferedMLFlowLogger(MLFlowLogger):
     (`backfill`) and skips what it has. The run's final status is left to the caller, which knows
     why the run ended."""
 
-    def __init__(self, *, flush_every_n_steps: int = 200, **kwargs) -> None:
+    def __init__(self, *, flush_every_n_steps: int = 200, retry_s: float = 120.0, unsent_dir=None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.flush_every_n_steps = flush_every_n_steps
+        self.retry_s, self.unsent_dir = retry_s, unsent_dir
         self._pending: list = []
         self._last_flush_step = 0
+        self._writer = None
         self.logged_until: dict[str, int] = {}  # a resumed run: the last step MLflow holds, per curve
 
     @rank_zero_only
@@ -60,16 +62,46 @@ class BufferedMLFlowLogger(MLFlowLogger):
 
     @rank_zero_only
     def flush(self) -> None:
+        """Hand what is pending to the background writer: training never waits on the server."""
         pending, self._pending = self._pending, []
+        if self._writer is None:
+            from mnist_pipeline.tracking.writer import BackgroundWriter
+
+            self._writer = BackgroundWriter(self._send, retry_s=self.retry_s)
         for i in range(0, len(pending), 1000):  # MLflow's limit per batch
-            self.experiment.log_batch(self.run_id, metrics=pending[i : i + 1000])
+            self._writer.submit(pending[i : i + 1000])
+
+    def _send(self, batch: list) -> None:
+        self.experiment.log_batch(self.run_id, metrics=batch)
 
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
+        """Send everything; what the server did not take within `retry_s` stays in the output
+        folder (`unsent_dir`/metrics.jsonl), to be sent later."""
         self.flush()
+        unsent = self._writer.close() if self._writer is not None else []
+        self._writer = None
+        if unsent:
+            self.unsent = [m for batch in unsent for m in batch]
+            if self.unsent_dir is not None:
+                import json
+
+                from mnist_pipeline.atomic import write_text
+
+                lines = [json.dumps({"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step})
+                         for m in self.unsent]
+                write_text(self.unsent_dir / "metrics.jsonl", "\n".join(lines) + "\n")
 
 
-def attach_logger(cfg, run_id: str) -> BufferedMLFlowLogger:
-    """A Lightning logger writing into an existing run."""
-    return BufferedMLFlowLogger(tracking_uri=tracking_uri(cfg.logger.tracking_uri), run_id=run_id,
-                                flush_every_n_steps=cfg.logger.flush_every_n_steps)
+def attach_logger(cfg, run_id: str, unsent_dir=None) -> BufferedMLFlowLogger:
+    """A Lightning logger writing into an existing run. Against a server, each request fails fast
+    (no retries inside the MLflow client, which would retry for ~4 minutes): the logger's own
+    writer retries, off the training thread, for `logger.retry_s`."""
+    import os
+
+    uri = tracking_uri(cfg.logger.tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    return BufferedMLFlowLogger(tracking_uri=uri, run_id=run_id, flush_every_n_steps=cfg.logger.flush_every_n_steps,
+                                retry_s=cfg.logger.get("retry_s", 120), unsent_dir=unsent_dir)

@@ -174,7 +174,7 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
     phases = PhaseTimes(train_called)
     loggers: list = [history]
     if run_id:
-        loggers.append(attach_logger(cfg, run_id))
+        loggers.append(attach_logger(cfg, run_id, unsent_dir=out_dir / "mlflow-unsent"))
     pruning = median_pruning(cfg, run_id, loggers[-1] if run_id else None)  # sweep.prune=median
     # `best` by val/acc, and `last` at every periodic validation (Lightning's save_last only saves
     # alongside a new best) and when a run stops on an exception or a signal.
