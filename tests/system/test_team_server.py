@@ -1,0 +1,195 @@
+"""`mnist server` (what `make server` runs): a throwaway PostgreSQL cluster + basic-auth MLflow on a
+free port; logins and permissions as training meets them; SIGTERM leaves nothing running.
+
+Needs Debian's postgresql (and the `server` extra): `make test-system` installs both."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from support import MNIST, ROOT, mnist, tiny_overrides
+from support.servers import free_port
+
+pytestmark = pytest.mark.system_packages
+
+ADMIN_PASSWORD = "team-server-test-admin-password"
+
+
+def open_folder() -> Path:
+    """A folder the postgres user can enter (pytest's tmp folders are closed to others)."""
+    folder = Path(tempfile.mkdtemp(prefix="mnist-team-server-"))
+    folder.chmod(0o755)
+    return folder
+
+
+def start_server(folder: Path, port: int, env: dict) -> tuple[subprocess.Popen, list[str]]:
+    """`mnist server` until it prints the clients' settings; returns (process, its lines so far)."""
+    proc = subprocess.Popen([*MNIST, "server", "--folder", str(folder), "--port", str(port)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"mnist server exited ({proc.wait()}): {''.join(lines)}")
+        lines.append(line)
+        if "Ctrl-C or SIGTERM" in line:
+            return proc, lines
+    proc.kill()
+    raise AssertionError(f"mnist server did not get ready: {''.join(lines)}")
+
+
+def family(proc: subprocess.Popen, folder: Path) -> list[int]:
+    """PIDs of everything the server runs: its children (MLflow, uvicorn) and PostgreSQL's processes."""
+    pids = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    postmaster = int((folder / "postgres" / "postmaster.pid").read_text().split()[0])
+    return pids + [postmaster] + [c.pid for c in psutil.Process(postmaster).children(recursive=True)]
+
+
+def alive(pids: list[int]) -> list[int]:
+    return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def server():
+    """(url, folder) of a server whose admin password came from the environment."""
+    folder, port = open_folder(), free_port()
+    env = {**os.environ, "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    proc, lines = start_server(folder / "server", port, env)
+    try:
+        yield f"http://127.0.0.1:{port}", folder / "server"
+    finally:
+        stop(proc)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def as_user(user: str, password: str) -> dict:
+    return {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
+
+
+def test_a_request_without_credentials_gets_401(server):
+    url, _ = server
+    assert requests.get(f"{url}/api/2.0/mlflow/experiments/search", params={"max_results": 1}).status_code == 401
+    ok = requests.get(f"{url}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+                      auth=("admin", ADMIN_PASSWORD))
+    assert ok.status_code == 200
+
+
+def test_training_as_admin_sends_runs_and_artifacts_through_the_server(server, processed, tmp_path):
+    url, folder = server
+    result = mnist("train", *tiny_overrides(processed, tmp_path / "unused", tmp_path / "out"),
+                   f"logger.tracking_uri={url}", "logger.experiment_name=team", timeout=240,
+                   env=as_user("admin", ADMIN_PASSWORD))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "unused").exists()
+    from mlflow.tracking import MlflowClient
+
+    os.environ.update(as_user("admin", ADMIN_PASSWORD))
+    try:
+        client = MlflowClient(url)
+        experiment = client.get_experiment_by_name("team")
+        (run,) = client.search_runs([experiment.experiment_id])
+    finally:
+        for key in as_user("", ""):
+            os.environ.pop(key, None)
+    assert run.info.status == "FINISHED"
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+    stored = {p.relative_to(folder / "artifacts").as_posix() for p in (folder / "artifacts").rglob("*") if p.is_file()}
+    assert any(run.info.run_id in p and "/checkpoints/" in p and p.endswith(".ckpt") for p in stored), stored
+    assert any(p.endswith("MLmodel") for p in stored), stored  # the logged model, proxied too
+
+
+def test_a_read_only_user_is_refused_before_any_work(server, processed, tmp_path):
+    url, _ = server
+    admin = ("admin", ADMIN_PASSWORD)
+    api = f"{url}/api/2.0/mlflow"
+    experiment_id = requests.post(f"{api}/experiments/create", json={"name": "readonly-team"}, auth=admin).json()[
+        "experiment_id"]
+    assert requests.post(f"{api}/users/create", json={"username": "reader", "password": "reader-password-123"},
+                         auth=admin).status_code == 200
+    grant = {"username": "reader", "resource_type": "experiment", "resource_id": experiment_id, "permission": "READ"}
+    assert requests.post(f"{url}/api/3.0/mlflow/users/permissions/grant", json=grant, auth=admin).status_code == 200
+    result = mnist("train", *tiny_overrides(processed, tmp_path / "unused", tmp_path / "out"),
+                   f"logger.tracking_uri={url}", "logger.experiment_name=readonly-team", timeout=120,
+                   env=as_user("reader", "reader-password-123"))
+    assert result.returncode != 0
+    (line,) = result.stderr.strip().splitlines()
+    print(line)
+    assert line.startswith("error: ") and "'reader'" in line and "'readonly-team'" in line and "403" in line
+    assert not (tmp_path / "out").exists()
+    runs = requests.post(f"{api}/runs/search", json={"experiment_ids": [experiment_id]}, auth=admin).json()
+    assert runs.get("runs", []) == []
+
+
+def test_wrong_password_is_one_line_before_any_work(server, processed, tmp_path):
+    url, _ = server
+    result = mnist("train", *tiny_overrides(processed, tmp_path / "unused", tmp_path / "out"),
+                   f"logger.tracking_uri={url}", "logger.experiment_name=team", timeout=120,
+                   env=as_user("admin", "not-the-password"))
+    assert result.returncode != 0
+    (line,) = result.stderr.strip().splitlines()
+    print(line)
+    assert line.startswith("error: ") and "'admin'" in line and "401" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_generated_password_is_private_and_sigterm_leaves_nothing_running(tmp_path):
+    folder, port = open_folder(), free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_AUTH_ADMIN_PASSWORD"}
+    try:
+        proc, lines = start_server(folder / "server", port, env)
+        try:
+            password_file = folder / "server" / "admin_password"
+            assert password_file.stat().st_mode & 0o777 == 0o600
+            password = password_file.read_text().strip()
+            output = "".join(lines)
+            print(output)
+            assert password not in output and f"see {password_file}" in output
+            assert f"MLFLOW_TRACKING_URI=http://127.0.0.1:{port}" in output
+            assert requests.get(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search",
+                                params={"max_results": 1}, auth=("admin", password)).status_code == 200
+            pids = family(proc, folder / "server")
+            assert len(pids) >= 3  # mlflow, its uvicorn worker, the postmaster (and its helpers)
+        finally:
+            stop(proc)
+        deadline = time.monotonic() + 20
+        while alive(pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert alive(pids) == [], [psutil.Process(p).cmdline() for p in alive(pids)]
+        assert proc.returncode == 0
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_taken_port_is_one_line_before_postgres_starts(tmp_path):
+    import socket
+
+    folder = open_folder()
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            result = mnist("server", "--folder", str(folder / "server"), "--port", str(port), timeout=60)
+        assert result.returncode != 0
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("error: ") and f"port {port}" in line and "taken" in line
+        assert not (folder / "server").exists()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
