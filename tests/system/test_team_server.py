@@ -147,11 +147,20 @@ def test_wrong_password_is_one_line_before_any_work(server, processed, tmp_path)
     print(line)
     assert line.startswith("error: ") and "'admin'" in line and "401" in line
     assert not (tmp_path / "out").exists()
+    anonymous = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    result = subprocess.run([*MNIST, "train", *tiny_overrides(processed, tmp_path / "unused", tmp_path / "out"),
+                             f"logger.tracking_uri={url}", "logger.experiment_name=team"],
+                            cwd=ROOT, env=anonymous, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    (line,) = result.stderr.strip().splitlines()
+    print(line)
+    assert line.startswith("error: ") and "requires a login (401)" in line and "MLFLOW_TRACKING_USERNAME" in line
 
 
-def test_generated_password_is_private_and_sigterm_leaves_nothing_running(tmp_path):
+def test_generated_password_is_private_sigterm_leaves_nothing_running_and_a_restart_keeps_the_data(tmp_path):
     folder, port = open_folder(), free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_AUTH_ADMIN_PASSWORD"}
+    api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
     try:
         proc, lines = start_server(folder / "server", port, env)
         try:
@@ -162,8 +171,9 @@ def test_generated_password_is_private_and_sigterm_leaves_nothing_running(tmp_pa
             print(output)
             assert password not in output and f"see {password_file}" in output
             assert f"MLFLOW_TRACKING_URI=http://127.0.0.1:{port}" in output
-            assert requests.get(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search",
-                                params={"max_results": 1}, auth=("admin", password)).status_code == 200
+            assert "MLFLOW_TRACKING_USERNAME=admin" in output
+            created = requests.post(f"{api}/experiments/create", json={"name": "kept"}, auth=("admin", password))
+            assert created.status_code == 200
             pids = family(proc, folder / "server")
             assert len(pids) >= 3  # mlflow, its uvicorn worker, the postmaster (and its helpers)
         finally:
@@ -173,8 +183,35 @@ def test_generated_password_is_private_and_sigterm_leaves_nothing_running(tmp_pa
             time.sleep(0.2)
         assert alive(pids) == [], [psutil.Process(p).cmdline() for p in alive(pids)]
         assert proc.returncode == 0
+        # Second start on the same folder: the same cluster, users and password; SIGINT (Ctrl-C) stops it.
+        proc, lines = start_server(folder / "server", port, {**env, "MLFLOW_AUTH_ADMIN_PASSWORD": "ignored-now-1234"})
+        try:
+            assert f"see {password_file}" in "".join(lines)
+            found = requests.get(f"{api}/experiments/get-by-name", params={"experiment_name": "kept"},
+                                 auth=("admin", password))
+            assert found.status_code == 200
+            pids = family(proc, folder / "server")
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(timeout=60)
+        deadline = time.monotonic() + 20
+        while alive(pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert alive(pids) == []
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_folder_the_postgres_user_cannot_enter_is_one_line(tmp_path):
+    # pytest's tmp folders are closed to other users: PostgreSQL (run as `postgres`) cannot work there
+    if os.geteuid() != 0:
+        pytest.skip("as another user than root, PostgreSQL runs as that user")
+    result = mnist("server", "--folder", str(tmp_path / "server"), "--port", str(free_port()), timeout=60)
+    assert result.returncode != 0
+    (line,) = result.stderr.strip().splitlines()
+    print(line)
+    assert line.startswith("error: ") and "postgres user cannot enter" in line
 
 
 def test_a_taken_port_is_one_line_before_postgres_starts(tmp_path):

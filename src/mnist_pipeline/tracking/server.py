@@ -30,6 +30,7 @@ HOST, PORT = "127.0.0.1", 5000
 ADMIN = "admin"
 PASSWORD_FILE = "admin_password"
 SECRET_KEY_FILE = "flask_secret_key"
+AUTH_DB = "basic_auth.db"  # users, password hashes, permissions
 READY_TIMEOUT = 90
 
 
@@ -60,14 +61,19 @@ def check_driver() -> None:
                           "(make server does)") from None
 
 
-def admin_password(folder: Path) -> tuple[str, str]:
-    """(password, where a client finds it): $MLFLOW_AUTH_ADMIN_PASSWORD, else the stored one, else
-    a new one stored with mode 600. Only used to create the admin user on the first start."""
-    if os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
-        return os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"], "the value of $MLFLOW_AUTH_ADMIN_PASSWORD"
+def admin_password(folder: Path) -> tuple[str | None, str]:
+    """(password, where a client finds it). MLflow reads it only to create the admin user on the first
+    start: then it is $MLFLOW_AUTH_ADMIN_PASSWORD, else a new one stored with mode 600. Later the
+    admin exists and keeps the password it was created with, whatever the variable says now."""
     path = folder / PASSWORD_FILE
-    if not path.is_file():
-        write_secret(path, secrets.token_urlsafe(24) + "\n")
+    if path.is_file():
+        return path.read_text().strip(), f"see {path}"
+    env = os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD")
+    if (folder / AUTH_DB).exists():  # created on an earlier start, from the variable
+        return env, "the value $MLFLOW_AUTH_ADMIN_PASSWORD had on the first start"
+    if env:
+        return env, "the value of $MLFLOW_AUTH_ADMIN_PASSWORD"
+    write_secret(path, secrets.token_urlsafe(24) + "\n")
     return path.read_text().strip(), f"see {path}"
 
 
@@ -86,7 +92,7 @@ def write_auth_config(folder: Path) -> Path:
     path = folder / "basic_auth.ini"
     write_text(path, "[mlflow]\n"
                      "default_permission = READ\n"
-                     f"database_uri = sqlite:///{folder / 'basic_auth.db'}\n"
+                     f"database_uri = sqlite:///{folder / AUTH_DB}\n"
                      f"admin_username = {ADMIN}\n"
                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
     return path
@@ -115,9 +121,12 @@ class TeamServer:
             self.artifacts.mkdir(exist_ok=True)
             password, self.password_hint = admin_password(self.folder)
             env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(write_auth_config(self.folder)),
-                   "MLFLOW_AUTH_ADMIN_PASSWORD": password, "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN,
+                   "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN,
                    "MLFLOW_FLASK_SERVER_SECRET_KEY": flask_secret_key(self.folder),
                    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner: 2 processes, not 13
+            env.pop("MLFLOW_AUTH_ADMIN_PASSWORD", None)
+            if password:
+                env["MLFLOW_AUTH_ADMIN_PASSWORD"] = password
         except OSError as e:
             raise ServerError(f"cannot write the server folder {self.folder}: {e.strerror}: choose another "
                               "with --folder") from None
@@ -134,6 +143,8 @@ class TeamServer:
                     env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     start_new_session=True)  # its own group: stop() ends every process it starts
             self._wait_until_up()
+            with contextlib.suppress(OSError):  # password hashes: for the server's user only
+                (self.folder / AUTH_DB).chmod(0o600)
         except BaseException as e:
             self.stop()
             if isinstance(e, PostgresError):
