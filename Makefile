@@ -39,7 +39,8 @@ test-fast: $(STAMP)
 	python -m pytest tests/unit -m "not system_packages"
 
 # The tests that need Debian packages (chromium: the MLflow UI in a headless browser; slurm-wlm and
-# munge: a one-node SLURM cluster, run as root), which this target installs when they are missing.
+# munge: a one-node SLURM cluster, run as root; postgresql and the `server` extra: the team server),
+# which this target installs when they are missing.
 test-system: $(SERVER_STAMP) postgresql
 	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	{ command -v sbatch && command -v slurmctld && command -v slurmd && command -v munged; } >/dev/null || \
