@@ -155,6 +155,14 @@ def test_wrong_password_is_one_line_before_any_work(server, processed, tmp_path)
     (line,) = result.stderr.strip().splitlines()
     print(line)
     assert line.startswith("error: ") and "requires a login (401)" in line and "MLFLOW_TRACKING_USERNAME" in line
+    sweep = mnist("train", "-m", *tiny_overrides(processed, tmp_path / "unused", None), "optimizer.lr=0.1,0.2",
+                  f"logger.tracking_uri={url}", "logger.experiment_name=team", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                  timeout=120, env=as_user("admin", "not-the-password"))
+    assert sweep.returncode != 0
+    (line,) = sweep.stderr.strip().splitlines()
+    print(line)
+    assert line.startswith("error: no sweep point was run: ") and "'admin'" in line and "401" in line
+    assert not list((tmp_path / "sweep").glob("*/.hydra"))
 
 
 def test_generated_password_is_private_sigterm_leaves_nothing_running_and_a_restart_keeps_the_data(tmp_path):
