@@ -238,3 +238,12 @@ def test_a_taken_port_is_one_line_before_postgres_starts(tmp_path):
         assert not (folder / "server").exists()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_folder_that_cannot_be_made_is_one_line(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    result = mnist("server", "--folder", str(tmp_path / "a-file" / "server"), "--port", str(free_port()), timeout=60)
+    assert result.returncode != 0
+    (line,) = result.stderr.strip().splitlines()
+    print(line)
+    assert line.startswith("error: cannot write the server folder") and "a-file/server" in line
