@@ -171,18 +171,6 @@ class TeamServer:
         errors = [ln for ln in lines if "Error" in ln or "error" in ln]
         return (errors or lines or ["(no output)"])[-1]
 
-    def pids(self) -> list[int]:
-        """Every process of ours that runs now: MLflow's group and the postmaster's family."""
-        import psutil
-
-        roots = [p for p in (self.mlflow.pid if self.mlflow else None,
-                             self.cluster.pid() if self.cluster else None) if p]
-        found = []
-        for pid in roots:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                found += [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]
-        return found
-
     def stop(self) -> None:
         """SIGTERM to MLflow's process group (SIGKILL after 15 s), then PostgreSQL's fast shutdown."""
         if self.mlflow is not None and self.mlflow.poll() is None:
