@@ -137,6 +137,27 @@ def test_a_read_only_user_is_refused_before_any_work(server, processed, tmp_path
     assert runs.get("runs", []) == []
 
 
+def test_the_write_probe_passes_an_editor_and_changes_nothing(server, monkeypatch):
+    from mnist_pipeline.tracking.access import check_write_access
+
+    url, _ = server
+    admin = ("admin", ADMIN_PASSWORD)
+    api = f"{url}/api/2.0/mlflow"
+    experiment_id = requests.post(f"{api}/experiments/create", json={"name": "edited"}, auth=admin).json()[
+        "experiment_id"]
+    assert requests.post(f"{api}/users/create", json={"username": "editor", "password": "editor-password-123"},
+                         auth=admin).status_code == 200
+    grant = {"username": "editor", "resource_type": "experiment", "resource_id": experiment_id, "permission": "EDIT"}
+    assert requests.post(f"{url}/api/3.0/mlflow/users/permissions/grant", json=grant, auth=admin).status_code == 200
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "editor")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "editor-password-123")
+    check_write_access(url, "edited")  # no StoreError
+    check_write_access(url, "not-created-yet")  # a missing experiment passes: training creates it
+    found = requests.get(f"{api}/experiments/get", params={"experiment_id": experiment_id}, auth=admin).json()
+    assert found["experiment"].get("tags", []) == []  # the probe changed nothing
+    assert requests.post(f"{api}/runs/search", json={"experiment_ids": [experiment_id]}, auth=admin).json() == {}
+
+
 def test_wrong_password_is_one_line_before_any_work(server, processed, tmp_path):
     url, _ = server
     result = mnist("train", *tiny_overrides(processed, tmp_path / "unused", tmp_path / "out"),

@@ -3,8 +3,10 @@ wrong password or a READ-only permission is one line at the start, not a failure
 
 Only for http(s) stores (a server, possibly with basic-auth logins); a local store needs no check.
 The credentials are MLflow's own: $MLFLOW_TRACKING_USERNAME and $MLFLOW_TRACKING_PASSWORD.
-Writing is probed with a request the auth layer checks as an experiment edit but which changes
-nothing: deleting an experiment tag that does not exist (403 for READ, else 404 or 200).
+Writing is probed with a request the auth layer checks as an experiment edit (what creating a run
+needs) but which the server then rejects, changing nothing: setting an experiment tag without a key
+(403 for a READ user, 400 for one who may write). Deleting a tag is no probe: it needs more than
+EDIT (an EDIT user gets 403 there too).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import os
 
 from mnist_pipeline.tracking.store import StoreError
 
-PROBE_TAG = "mnist.write_access_probe"  # never set: deleting it changes nothing
 TIMEOUT_S = 15
 
 
@@ -63,8 +64,8 @@ def check_write_access(uri: str, experiment: str) -> None:
         raise StoreError(f"the MLflow server {uri} answered {found.status_code} looking up experiment "
                          f"{experiment!r}: check the server's log")
     experiment_id = found.json()["experiment"]["experiment_id"]
-    probe = requests.post(f"{base}/api/2.0/mlflow/experiments/delete-tag", auth=_auth(), timeout=TIMEOUT_S,
-                          json={"experiment_id": experiment_id, "key": PROBE_TAG})
+    probe = requests.post(f"{base}/api/2.0/mlflow/experiments/set-experiment-tag", auth=_auth(), timeout=TIMEOUT_S,
+                          json={"experiment_id": experiment_id})  # no key: refused after the permission check
     if probe.status_code == 403:
         raise StoreError(f"user {_user()!r} may only read experiment {experiment!r} on {uri} (403): ask its owner "
                          "or an admin for EDIT permission, or use another experiment (logger.experiment_name=...)")
