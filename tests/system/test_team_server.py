@@ -137,7 +137,7 @@ def test_a_read_only_user_is_refused_before_any_work(server, processed, tmp_path
     assert runs.get("runs", []) == []
 
 
-def test_the_write_probe_passes_an_editor_and_changes_nothing(server, monkeypatch):
+def test_an_editor_passes_the_write_probe_which_changes_nothing_and_trains(server, monkeypatch, processed, tmp_path):
     from mnist_pipeline.tracking.access import check_write_access
 
     url, _ = server
@@ -156,6 +156,12 @@ def test_the_write_probe_passes_an_editor_and_changes_nothing(server, monkeypatc
     found = requests.get(f"{api}/experiments/get", params={"experiment_id": experiment_id}, auth=admin).json()
     assert found["experiment"].get("tags", []) == []  # the probe changed nothing
     assert requests.post(f"{api}/runs/search", json={"experiment_ids": [experiment_id]}, auth=admin).json() == {}
+    result = mnist("train", *tiny_overrides(processed, tmp_path / "unused", tmp_path / "out"),
+                   f"logger.tracking_uri={url}", "logger.experiment_name=edited", timeout=240,
+                   env=as_user("editor", "editor-password-123"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = requests.post(f"{api}/runs/search", json={"experiment_ids": [experiment_id]}, auth=admin).json()["runs"]
+    assert run["info"]["status"] == "FINISHED"
 
 
 def test_wrong_password_is_one_line_before_any_work(server, processed, tmp_path):
