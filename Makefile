@@ -15,7 +15,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 MNIST_DVC_REMOTE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/mnist-pipeline/dvc-remote
 DVC_LOCAL_CONFIG := .dvc/config.local
 
-.PHONY: repro remote test test-fast test-system test-ui ui serve bench lock clean-venv
+.PHONY: repro remote test test-fast test-system test-ui ui serve server postgresql bench lock clean-venv
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,18 @@ repro: $(STAMP) $(DVC_LOCAL_CONFIG)
 remote: $(DVC_LOCAL_CONFIG)
 	dvc remote list
 
+# The `server` extra (basic-auth's Flask-WTF, the PostgreSQL driver), for `make server` and its tests.
+SERVER_STAMP := $(VENV)/.installed-server
+$(SERVER_STAMP): $(STAMP)
+	$(VENV)/bin/python -m pip install -q -c requirements.lock -e '.[dev,server]'
+	$(VENV)/bin/python -c "import psycopg, flask_wtf"
+	touch $@
+
+# Debian's PostgreSQL (initdb, pg_ctl and the `postgres` system user), installed when missing.
+postgresql:
+	{ ls /usr/lib/postgresql/*/bin/pg_ctl && getent passwd postgres; } >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
 # Every test that needs no Debian package: unit, integration and system tiers (tests/).
 test: $(STAMP)
 	python -m pytest -m "not system_packages"
@@ -46,14 +58,21 @@ test-fast: $(STAMP)
 	python -m pytest tests/unit -m "not system_packages"
 
 # The tests that need Debian packages (chromium: the MLflow UI in a headless browser; slurm-wlm and
-# munge: a one-node SLURM cluster, run as root), which this target installs when they are missing.
-test-system: $(STAMP)
+# munge: a one-node SLURM cluster, run as root; postgresql and the `server` extra: the team server),
+# which this target installs when they are missing.
+test-system: $(SERVER_STAMP) postgresql
 	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	{ command -v sbatch && command -v slurmctld && command -v slurmd && command -v munged; } >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge; }
 	python -m pytest -m system_packages
 
 test-ui: test-system
+
+# The team server in the foreground: PostgreSQL + MLflow with logins, on 127.0.0.1:$(PORT),
+# everything in server/ (README, A team server). Ctrl-C stops both.
+PORT ?= 5000
+server: $(SERVER_STAMP) postgresql
+	@mnist server --port $(PORT)
 
 ui: $(STAMP)
 	@mnist ui
@@ -70,7 +89,7 @@ bench: $(STAMP)
 # Re-resolve the whole dependency set into requirements.lock (run after editing pyproject.toml).
 lock:
 	rm -rf /tmp/mnist-pipeline-lock && $(PYTHON) -m venv /tmp/mnist-pipeline-lock
-	/tmp/mnist-pipeline-lock/bin/python -m pip install -q '.[dev]'
+	/tmp/mnist-pipeline-lock/bin/python -m pip install -q '.[dev,server]'
 	/tmp/mnist-pipeline-lock/bin/python -m pip freeze --exclude-editable --exclude mnist-pipeline \
 	  | sed -E 's/^(torch==[^+]+)\+.*/\1/' > requirements.lock
 

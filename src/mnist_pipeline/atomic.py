@@ -18,10 +18,12 @@ TEMP_SUFFIX = ".part"
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb", durable: bool = True) -> Iterator[IO]:
+def atomic_write(path: str | os.PathLike, mode: str = "wb", durable: bool = True,
+                 private: bool = False) -> Iterator[IO]:
     """Open a temp file next to `path`; on a clean exit it replaces `path`, on any error it is removed.
     durable=False skips the fsync: the file is still whole or absent after a kill of the process
-    (the page cache outlives it), but a power cut may lose its newest version."""
+    (the page cache outlives it), but a power cut may lose its newest version. private=True keeps
+    mode 600 (a secret: readable by its owner only, from the first byte written)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
@@ -31,7 +33,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", durable: bool = True
             f.flush()
             if durable:
                 os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it a normal file's mode
+        if not private:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it a normal file's mode
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -52,6 +55,12 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def write_secret(path: str | os.PathLike, text: str) -> None:
+    """A password or key: mode 600 from the start, never readable by others, even for a moment."""
+    with atomic_write(path, "w", private=True) as f:
         f.write(text)
 
 

@@ -24,6 +24,7 @@ COMMANDS = {
     "evaluate": ("mnist_pipeline.serving.evaluate", "test loss, accuracy and per-digit report of a model"),
     "serve": ("mnist_pipeline.serving.serve", "the champion as a REST endpoint on 127.0.0.1:5001"),
     "ui": ("mnist_pipeline.tracking.ui", "the MLflow UI on 127.0.0.1:5000, at the training runs"),
+    "server": ("mnist_pipeline.tracking.server", "the team server: PostgreSQL + MLflow with logins (make server)"),
     "runs": ("mnist_pipeline.tracking.cleanup", "runs list|cleanup: RUNNING runs whose process is gone"),
     "bench": ("mnist_pipeline.training.bench", "figures: the pipeline against bare PyTorch (make bench)"),
 }

@@ -9,7 +9,7 @@ import pytest
 
 from support import MNIST, mnist, store_client, tiny_overrides
 
-COMMANDS = ("train", "fetch", "split", "compare", "promote", "predict", "evaluate", "serve", "ui", "runs", "bench")
+COMMANDS = ("train", "fetch", "split", "compare", "promote", "predict", "evaluate", "serve", "ui", "server", "runs", "bench")
 
 
 def test_help_lists_every_command_one_line_each():

@@ -93,8 +93,8 @@ def test_a_server_that_refuses_the_client_is_one_line(processed, tmp_path, refus
     result = mnist("train", *_train_args(processed, tmp_path, refusing_server),
                    env={"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "wrong"}, timeout=60)
     line = _one_line(result, started)
-    assert line == (f"error: the MLflow server at {refusing_server} refused user 'alice' (401): set "
-                    "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that server")
+    assert line == (f"error: the MLflow server {refusing_server} refused user 'alice' (401, wrong user name or "
+                    "password): fix MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD")
 
 
 @pytest.mark.parametrize("command", [["compare"], ["promote"], ["runs", "list"], ["predict", "digit.png"]])

@@ -124,10 +124,12 @@ def check_reachable(uri: str, timeout_s: float = FIRST_CONTACT_TIMEOUT_S) -> Non
         with urllib.request.urlopen(request, timeout=timeout_s) as answer:
             json.loads(answer.read() or b"{}")
     except urllib.error.HTTPError as e:
+        if e.code == 401 and not user:
+            raise StoreError(f"the MLflow server {uri} requires a login (401): set MLFLOW_TRACKING_USERNAME and "
+                             "MLFLOW_TRACKING_PASSWORD") from None
         if e.code == 401:
-            who = f"user {user!r}" if user else "no credentials"
-            raise StoreError(f"the MLflow server at {uri} refused {who} (401): set MLFLOW_TRACKING_USERNAME "
-                             "and MLFLOW_TRACKING_PASSWORD to an account of that server") from None
+            raise StoreError(f"the MLflow server {uri} refused user {user!r} (401, wrong user name or password): "
+                             "fix MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD") from None
         raise StoreError(f"the MLflow server at {uri} answered {e.code} {e.reason}: is this an MLflow tracking "
                          "server? fix logger.tracking_uri (--tracking-uri) or MLFLOW_TRACKING_URI") from None
     except (urllib.error.URLError, OSError, ValueError) as e:

@@ -90,6 +90,20 @@ def check_data(cfg: DictConfig, processed_dir: Path) -> None:
                           f"({sizes['val']} images): e.g. data.val_subset_size={sizes['val']}")
 
 
+def check_tracking(cfg: DictConfig) -> None:
+    """On an MLflow server: the credentials are right and the user may write to the experiment
+    (a 401 or a 403 found now, not after training)."""
+    if not cfg.logger.enabled:
+        return
+    from mnist_pipeline.tracking.access import check_write_access
+    from mnist_pipeline.tracking.store import StoreError, experiment_name, tracking_uri
+
+    try:
+        check_write_access(tracking_uri(cfg.logger.tracking_uri), experiment_name(cfg.logger.experiment_name))
+    except StoreError as e:
+        raise ConfigError(str(e)) from None
+
+
 def check_writable(key: str, folder: str | os.PathLike) -> None:
     """`folder` can be made and written to: a temp file is written in it, or, while it does not
     exist yet, a temp folder in its nearest existing parent (so a refusal leaves nothing behind)."""
@@ -105,16 +119,3 @@ def check_writable(key: str, folder: str | os.PathLike) -> None:
     except OSError as e:
         reason = e.strerror or str(e)
         raise ConfigError(f"{key}={folder}: cannot write there ({reason}): choose another folder") from None
-
-
-def check_store(cfg: DictConfig) -> None:
-    """A tracking server that does not answer, or refuses this client, stops the run here: one line
-    within seconds, before the MLflow client would retry for minutes."""
-    if not cfg.logger.enabled:
-        return
-    from mnist_pipeline.tracking.store import StoreError, check_reachable, tracking_uri
-
-    try:
-        check_reachable(tracking_uri(cfg.logger.tracking_uri))
-    except StoreError as e:
-        raise ConfigError(str(e)) from None

@@ -26,13 +26,13 @@ def preflight(overrides: list[str]) -> list[str]:
     """Check a single run's inputs before Hydra starts; the overrides to add (a resumed run's folder)."""
     from omegaconf import OmegaConf
 
-    from mnist_pipeline.training.checks import check_config, check_data, check_store, check_writable
+    from mnist_pipeline.training.checks import check_config, check_data, check_tracking, check_writable
 
     with_hydra = compose(overrides, with_hydra=True)
     cfg = OmegaConf.masked_copy(with_hydra, [k for k in with_hydra if k != "hydra"])  # the job's config
     check_config(cfg)
     check_data(cfg, resolve_path(cfg.data.processed_dir))
-    check_store(cfg)
+    check_tracking(cfg)
     if str(with_hydra.hydra.mode).endswith("MULTIRUN"):  # a preset that sweeps (hparams_search=optuna)
         return []
     extra = []

@@ -59,7 +59,7 @@ class MLflowSweep(Callback):
         from mnist_pipeline.config import ConfigError, project_root, resolve_path
         from mnist_pipeline.tracking.runs import git_state, process_tags
         from mnist_pipeline.tracking.store import ensure_experiment, use_store
-        from mnist_pipeline.training.checks import check_config, check_data, check_store
+        from mnist_pipeline.training.checks import check_config, check_data, check_tracking
         from mnist_pipeline.training.optuna_study import check_storage, points_to_check
         from mnist_pipeline.training.slurm import check_launcher
 
@@ -72,7 +72,7 @@ class MLflowSweep(Callback):
                 cfg = compose(config_name=config_name, overrides=job)
                 check_config(cfg)
                 check_data(cfg, resolve_path(cfg.data.processed_dir))
-            check_store(cfg)  # the tracking server answers (once: every point has the same logger)
+            check_tracking(cfg)  # every point writes to the same store and experiment
             check_storage(config.hydra, task)  # an Optuna storage that cannot be opened, a study that differs
         except (ConfigError, HydraException, OmegaConfBaseException) as e:
             # Hydra turns a callback's exception into a warning and goes on: stop the sweep here.

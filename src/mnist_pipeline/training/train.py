@@ -28,7 +28,7 @@ from mnist_pipeline.config import (
     resolve_path,
 )
 from mnist_pipeline.tracking.runs import SELECTION
-from mnist_pipeline.training.checks import check_config, check_data, check_store, check_writable
+from mnist_pipeline.training.checks import check_config, check_data, check_tracking, check_writable
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -75,7 +75,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     processed_dir = resolve_path(cfg.data.processed_dir)
     check_data(cfg, processed_dir)
     if launch.global_rank() == 0:
-        check_store(cfg)
+        check_tracking(cfg)
     world_size, local_procs = launch.layout(cfg)
     if world_size > 1 and cfg.trainer.num_nodes > 1 and not launch.under_launcher():
         raise ConfigError(f"trainer.num_nodes={cfg.trainer.num_nodes} needs one launcher per node: "

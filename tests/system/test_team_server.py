@@ -1,0 +1,276 @@
+"""`mnist server` (what `make server` runs): a throwaway PostgreSQL cluster + basic-auth MLflow on a
+free port; logins and permissions as training meets them; SIGTERM leaves nothing running.
+
+Needs Debian's postgresql (and the `server` extra): `make test-system` installs both."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from support import MNIST, ROOT, mnist, tiny_overrides
+from support.servers import free_port
+
+pytestmark = pytest.mark.system_packages
+
+ADMIN_PASSWORD = "team-server-test-admin-password"
+
+
+def open_folder() -> Path:
+    """A folder the postgres user can enter (pytest's tmp folders are closed to others)."""
+    folder = Path(tempfile.mkdtemp(prefix="mnist-team-server-"))
+    folder.chmod(0o755)
+    return folder
+
+
+def start_server(folder: Path, port: int, env: dict) -> tuple[subprocess.Popen, list[str]]:
+    """`mnist server` until it prints the clients' settings; returns (process, its lines so far)."""
+    proc = subprocess.Popen([*MNIST, "server", "--folder", str(folder), "--port", str(port)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"mnist server exited ({proc.wait()}): {''.join(lines)}")
+        lines.append(line)
+        if "Ctrl-C or SIGTERM" in line:
+            return proc, lines
+    proc.kill()
+    raise AssertionError(f"mnist server did not get ready: {''.join(lines)}")
+
+
+def family(proc: subprocess.Popen, folder: Path) -> list[int]:
+    """PIDs of everything the server runs: its children (MLflow, uvicorn) and PostgreSQL's processes."""
+    pids = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    postmaster = int((folder / "postgres" / "postmaster.pid").read_text().split()[0])
+    return pids + [postmaster] + [c.pid for c in psutil.Process(postmaster).children(recursive=True)]
+
+
+def alive(pids: list[int]) -> list[int]:
+    return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def server():
+    """(url, folder) of a server whose admin password came from the environment."""
+    folder, port = open_folder(), free_port()
+    env = {**os.environ, "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    proc, lines = start_server(folder / "server", port, env)
+    try:
+        yield f"http://127.0.0.1:{port}", folder / "server"
+    finally:
+        stop(proc)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def as_user(user: str, password: str) -> dict:
+    return {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
+
+
+def test_a_request_without_credentials_gets_401(server):
+    url, _ = server
+    assert requests.get(f"{url}/api/2.0/mlflow/experiments/search", params={"max_results": 1}).status_code == 401
+    ok = requests.get(f"{url}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+                      auth=("admin", ADMIN_PASSWORD))
+    assert ok.status_code == 200
+
+
+def test_training_as_admin_sends_runs_and_artifacts_through_the_server(server, processed, tmp_path):
+    url, folder = server
+    result = mnist("train", *tiny_overrides(processed, tmp_path / "unused", tmp_path / "out"),
+                   f"logger.tracking_uri={url}", "logger.experiment_name=team", timeout=240,
+                   env=as_user("admin", ADMIN_PASSWORD))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "unused").exists()
+    from mlflow.tracking import MlflowClient
+
+    os.environ.update(as_user("admin", ADMIN_PASSWORD))
+    try:
+        client = MlflowClient(url)
+        experiment = client.get_experiment_by_name("team")
+        (run,) = client.search_runs([experiment.experiment_id])
+    finally:
+        for key in as_user("", ""):
+            os.environ.pop(key, None)
+    assert run.info.status == "FINISHED"
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+    stored = {p.relative_to(folder / "artifacts").as_posix() for p in (folder / "artifacts").rglob("*") if p.is_file()}
+    assert any(run.info.run_id in p and "/checkpoints/" in p and p.endswith(".ckpt") for p in stored), stored
+    assert any(p.endswith("MLmodel") for p in stored), stored  # the logged model, proxied too
+
+
+def test_a_read_only_user_is_refused_before_any_work(server, processed, tmp_path):
+    url, _ = server
+    admin = ("admin", ADMIN_PASSWORD)
+    api = f"{url}/api/2.0/mlflow"
+    experiment_id = requests.post(f"{api}/experiments/create", json={"name": "readonly-team"}, auth=admin).json()[
+        "experiment_id"]
+    assert requests.post(f"{api}/users/create", json={"username": "reader", "password": "reader-password-123"},
+                         auth=admin).status_code == 200
+    grant = {"username": "reader", "resource_type": "experiment", "resource_id": experiment_id, "permission": "READ"}
+    assert requests.post(f"{url}/api/3.0/mlflow/users/permissions/grant", json=grant, auth=admin).status_code == 200
+    result = mnist("train", *tiny_overrides(processed, tmp_path / "unused", tmp_path / "out"),
+                   f"logger.tracking_uri={url}", "logger.experiment_name=readonly-team", timeout=120,
+                   env=as_user("reader", "reader-password-123"))
+    assert result.returncode != 0
+    (line,) = result.stderr.strip().splitlines()
+    print(line)
+    assert line.startswith("error: ") and "'reader'" in line and "'readonly-team'" in line and "403" in line
+    assert not (tmp_path / "out").exists()
+    runs = requests.post(f"{api}/runs/search", json={"experiment_ids": [experiment_id]}, auth=admin).json()
+    assert runs.get("runs", []) == []
+
+
+def test_an_editor_passes_the_write_probe_which_changes_nothing_and_trains(server, monkeypatch, processed, tmp_path):
+    from mnist_pipeline.tracking.access import check_write_access
+
+    url, _ = server
+    admin = ("admin", ADMIN_PASSWORD)
+    api = f"{url}/api/2.0/mlflow"
+    experiment_id = requests.post(f"{api}/experiments/create", json={"name": "edited"}, auth=admin).json()[
+        "experiment_id"]
+    assert requests.post(f"{api}/users/create", json={"username": "editor", "password": "editor-password-123"},
+                         auth=admin).status_code == 200
+    grant = {"username": "editor", "resource_type": "experiment", "resource_id": experiment_id, "permission": "EDIT"}
+    assert requests.post(f"{url}/api/3.0/mlflow/users/permissions/grant", json=grant, auth=admin).status_code == 200
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "editor")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "editor-password-123")
+    check_write_access(url, "edited")  # no StoreError
+    check_write_access(url, "not-created-yet")  # a missing experiment passes: training creates it
+    found = requests.get(f"{api}/experiments/get", params={"experiment_id": experiment_id}, auth=admin).json()
+    assert found["experiment"].get("tags", []) == []  # the probe changed nothing
+    assert requests.post(f"{api}/runs/search", json={"experiment_ids": [experiment_id]}, auth=admin).json() == {}
+    result = mnist("train", *tiny_overrides(processed, tmp_path / "unused", tmp_path / "out"),
+                   f"logger.tracking_uri={url}", "logger.experiment_name=edited", timeout=240,
+                   env=as_user("editor", "editor-password-123"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = requests.post(f"{api}/runs/search", json={"experiment_ids": [experiment_id]}, auth=admin).json()["runs"]
+    assert run["info"]["status"] == "FINISHED"
+
+
+def test_wrong_password_is_one_line_before_any_work(server, processed, tmp_path):
+    url, _ = server
+    result = mnist("train", *tiny_overrides(processed, tmp_path / "unused", tmp_path / "out"),
+                   f"logger.tracking_uri={url}", "logger.experiment_name=team", timeout=120,
+                   env=as_user("admin", "not-the-password"))
+    assert result.returncode != 0
+    (line,) = result.stderr.strip().splitlines()
+    print(line)
+    assert line.startswith("error: ") and "'admin'" in line and "401" in line
+    assert not (tmp_path / "out").exists()
+    anonymous = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    result = subprocess.run([*MNIST, "train", *tiny_overrides(processed, tmp_path / "unused", tmp_path / "out"),
+                             f"logger.tracking_uri={url}", "logger.experiment_name=team"],
+                            cwd=ROOT, env=anonymous, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    (line,) = result.stderr.strip().splitlines()
+    print(line)
+    assert line.startswith("error: ") and "requires a login (401)" in line and "MLFLOW_TRACKING_USERNAME" in line
+    sweep = mnist("train", "-m", *tiny_overrides(processed, tmp_path / "unused", None), "optimizer.lr=0.1,0.2",
+                  f"logger.tracking_uri={url}", "logger.experiment_name=team", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                  timeout=120, env=as_user("admin", "not-the-password"))
+    assert sweep.returncode != 0
+    (line,) = sweep.stderr.strip().splitlines()
+    print(line)
+    assert line.startswith("error: no sweep point was run: ") and "'admin'" in line and "401" in line
+    assert not list((tmp_path / "sweep").glob("*/.hydra"))
+
+
+def test_generated_password_is_private_sigterm_leaves_nothing_running_and_a_restart_keeps_the_data(tmp_path):
+    folder, port = open_folder(), free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_AUTH_ADMIN_PASSWORD"}
+    api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    try:
+        proc, lines = start_server(folder / "server", port, env)
+        try:
+            password_file = folder / "server" / "admin_password"
+            assert password_file.stat().st_mode & 0o777 == 0o600
+            password = password_file.read_text().strip()
+            output = "".join(lines)
+            print(output)
+            assert password not in output and f"see {password_file}" in output
+            assert f"MLFLOW_TRACKING_URI=http://127.0.0.1:{port}" in output
+            assert "MLFLOW_TRACKING_USERNAME=admin" in output
+            created = requests.post(f"{api}/experiments/create", json={"name": "kept"}, auth=("admin", password))
+            assert created.status_code == 200
+            pids = family(proc, folder / "server")
+            assert len(pids) >= 3  # mlflow, its uvicorn worker, the postmaster (and its helpers)
+        finally:
+            stop(proc)
+        deadline = time.monotonic() + 20
+        while alive(pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert alive(pids) == [], [psutil.Process(p).cmdline() for p in alive(pids)]
+        assert proc.returncode == 0
+        # Second start on the same folder: the same cluster, users and password; SIGINT (Ctrl-C) stops it.
+        proc, lines = start_server(folder / "server", port, {**env, "MLFLOW_AUTH_ADMIN_PASSWORD": "ignored-now-1234"})
+        try:
+            assert f"see {password_file}" in "".join(lines)
+            found = requests.get(f"{api}/experiments/get-by-name", params={"experiment_name": "kept"},
+                                 auth=("admin", password))
+            assert found.status_code == 200
+            pids = family(proc, folder / "server")
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(timeout=60)
+        deadline = time.monotonic() + 20
+        while alive(pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert alive(pids) == []
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_folder_the_postgres_user_cannot_enter_is_one_line(tmp_path):
+    # pytest's tmp folders are closed to other users: PostgreSQL (run as `postgres`) cannot work there
+    if os.geteuid() != 0:
+        pytest.skip("as another user than root, PostgreSQL runs as that user")
+    result = mnist("server", "--folder", str(tmp_path / "server"), "--port", str(free_port()), timeout=60)
+    assert result.returncode != 0
+    (line,) = result.stderr.strip().splitlines()
+    print(line)
+    assert line.startswith("error: ") and "postgres user cannot enter" in line
+
+
+def test_a_taken_port_is_one_line_before_postgres_starts(tmp_path):
+    import socket
+
+    folder = open_folder()
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            result = mnist("server", "--folder", str(folder / "server"), "--port", str(port), timeout=60)
+        assert result.returncode != 0
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("error: ") and f"port {port}" in line and "taken" in line
+        assert not (folder / "server").exists()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_folder_that_cannot_be_made_is_one_line(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    result = mnist("server", "--folder", str(tmp_path / "a-file" / "server"), "--port", str(free_port()), timeout=60)
+    assert result.returncode != 0
+    (line,) = result.stderr.strip().splitlines()
+    print(line)
+    assert line.startswith("error: cannot write the server folder") and "a-file/server" in line
