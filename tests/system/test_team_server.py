@@ -274,3 +274,44 @@ def test_a_folder_that_cannot_be_made_is_one_line(tmp_path):
     (line,) = result.stderr.strip().splitlines()
     print(line)
     assert line.startswith("error: cannot write the server folder") and "a-file/server" in line
+
+
+def test_eight_trainings_at_once_on_a_fresh_database_with_compare_running(server, processed, tmp_path):
+    """Issue 15 point 3: 8 trainings start together against a fresh experiment of the PostgreSQL
+    server while `compare` reads it; all finish, with complete histories, in one experiment."""
+    from mlflow.tracking import MlflowClient
+
+    url, _ = server
+    env = {**os.environ, "MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": "admin",
+           "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD, "MLFLOW_EXPERIMENT_NAME": "eight-at-once"}
+    steps = 10
+    trainings = []
+    for i in range(8):
+        args = [o for o in tiny_overrides(processed, tmp_path, tmp_path / f"out{i}")
+                if not o.startswith(("logger.", "trainer.max_steps="))]
+        log = open(tmp_path / f"train{i}.log", "w")
+        trainings.append((subprocess.Popen([*MNIST, "train", *args, f"trainer.max_steps={steps}", f"seed={i}",
+                                            f"hydra.run.dir={tmp_path / f'run{i}'}", "threads=1"],
+                                           cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    compares = 0
+    while any(p.poll() is None for p, _ in trainings):
+        result = mnist("runs", "list", env=env, timeout=60)
+        assert "Traceback" not in result.stderr, result.stderr[-2000:]
+        compares += 1
+    for i, (proc, log) in enumerate(trainings):
+        log.close()
+        assert proc.returncode == 0, (tmp_path / f"train{i}.log").read_text()[-3000:]
+    client = MlflowClient(url)
+    os.environ.update({k: env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")})
+    try:
+        experiments = [e for e in client.search_experiments() if e.name == "eight-at-once"]
+        assert len(experiments) == 1, "one experiment, however many created it at once"
+        runs = client.search_runs([experiments[0].experiment_id])
+        assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs)
+        for run in runs:
+            assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == \
+                list(range(1, steps + 1))
+    finally:
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            os.environ.pop(key, None)
+    print(f"8 trainings finished; `mnist runs list` ran {compares} times during them")
