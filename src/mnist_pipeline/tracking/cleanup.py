@@ -34,9 +34,24 @@ def last_step(client, run_id: str) -> tuple[int | None, int | None]:
     return last.step, max(m.timestamp for m in history)
 
 
+def mark_gone(client, run_id: str) -> int | None:
+    """Mark a RUNNING run whose process is gone FAILED, with the tag `cleanup` and its last step, as
+    ending when it last wrote; returns that step (None: none logged)."""
+    step, last_ts = last_step(client, run_id)
+    client.set_tag(run_id, CLEANUP_TAG, GONE)
+    if step is not None:
+        client.set_tag(run_id, "last_step", str(step))
+    client.set_terminated(run_id, "FAILED", end_time=last_ts or int(time.time() * 1000))  # not now
+    return step
+
+
 def running_runs(client, experiment: str) -> list:
     return client.search_runs([experiment_id(client, experiment)], "attributes.status = 'RUNNING'",
                               order_by=["attributes.start_time ASC"], max_results=50000)
+
+
+def _step_text(step: int | None) -> str:
+    return "no step logged" if step is None else f"last step {step}"
 
 
 def _describe(run) -> str:
@@ -56,17 +71,12 @@ def cleanup(tracking_uri: str | None, experiment: str, dry_run: bool = False, ou
         if not verdict.gone:
             print(f"skipped: {_describe(run)}: {verdict.why}", file=out)
             continue
-        step, last_ts = last_step(client, run.info.run_id)
-        step_text = "no step logged" if step is None else f"last step {step}"
         if dry_run:
-            print(f"would mark FAILED: {_describe(run)}: {verdict.why}, {step_text}", file=out)
+            step, _ = last_step(client, run.info.run_id)
+            print(f"would mark FAILED: {_describe(run)}: {verdict.why}, {_step_text(step)}", file=out)
         else:
-            client.set_tag(run.info.run_id, CLEANUP_TAG, GONE)
-            if step is not None:
-                client.set_tag(run.info.run_id, "last_step", str(step))
-            # It ended when it last wrote, not now.
-            client.set_terminated(run.info.run_id, "FAILED", end_time=last_ts or int(time.time() * 1000))
-            print(f"marked FAILED: {_describe(run)}: {verdict.why}, {step_text}", file=out)
+            step = mark_gone(client, run.info.run_id)
+            print(f"marked FAILED: {_describe(run)}: {verdict.why}, {_step_text(step)}", file=out)
         marked.append(run.info.run_id)
     print(f"{len(runs)} RUNNING run(s) in {experiment!r}; {len(marked)} "
           f"{'would be ' if dry_run else ''}marked FAILED", file=out)

@@ -152,8 +152,8 @@ def sweep_tags(cfg) -> dict[str, str]:
 
 
 def start_run(cfg, *, processed_dir: Path, out_dir: Path, overrides: list[str],
-              extra_params: dict | None = None) -> str:
-    """Create the run with its tags and params; returns its id."""
+              extra_params: dict | None = None, tags: dict[str, str] | None = None) -> str:
+    """Create the run with its tags (and `tags`) and params; returns its id."""
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
@@ -162,6 +162,7 @@ def start_run(cfg, *, processed_dir: Path, out_dir: Path, overrides: list[str],
     uri = use_store(cfg.logger.tracking_uri)
     experiment_id = ensure_experiment(uri, cfg.logger.experiment_name)
     tags = {
+        **(tags or {}),
         **git_state(project_root()),
         **process_tags(),
         "hydra_overrides": " ".join(overrides),
@@ -186,14 +187,15 @@ def start_run(cfg, *, processed_dir: Path, out_dir: Path, overrides: list[str],
     return run_id
 
 
-def reopen_run(run_id: str, step: int) -> None:
-    """A resumed run is RUNNING again, recorded by this process (for `runs cleanup`)."""
+def reopen_run(run_id: str, step: int, tags: dict[str, str] | None = None) -> None:
+    """A resumed run is RUNNING again, recorded by this process (for `runs cleanup`), with `tags`."""
+    from mlflow.entities import RunTag
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     client.update_run(run_id, status="RUNNING")
-    for key, value in {**process_tags(), "resumed_at_step": str(step)}.items():
-        client.set_tag(run_id, key, value)
+    added = {**process_tags(), "resumed_at_step": str(step), **(tags or {})}
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in added.items()])
 
 
 def get_tag(run_id: str, key: str) -> str | None:

@@ -20,8 +20,10 @@ def hydra_overrides() -> list[str]:
 
 
 @contextlib.contextmanager
-def mlflow_run(cfg: DictConfig, processed_dir: Path, out_dir: Path, extra_params: dict, resumed=None):
-    """The run this process records into, or None (tracking off, or not global rank 0).
+def mlflow_run(cfg: DictConfig, processed_dir: Path, out_dir: Path, extra_params: dict, resumed=None,
+               tags: dict[str, str] | None = None):
+    """The run this process records into, or None (tracking off, or not global rank 0); `tags`
+    (what may change on resume, such as the device) are set when it is created or reopened.
 
     A run this process created is ended here: FINISHED, FAILED (an exception; a diverged loss also
     gets the tag `diverged_at_step`) or KILLED (SIGINT/SIGTERM), or left RUNNING for the requeued
@@ -41,10 +43,10 @@ def mlflow_run(cfg: DictConfig, processed_dir: Path, out_dir: Path, extra_params
     attached = os.environ.get(launch.RUN_ID_ENV)
     if resumed is not None:
         run_id = resumed.run_id
-        runs.reopen_run(run_id, resumed.step)
+        runs.reopen_run(run_id, resumed.step, tags)
     else:
         run_id = attached or runs.start_run(cfg, processed_dir=processed_dir, out_dir=out_dir,
-                                                overrides=hydra_overrides(), extra_params=extra_params)
+                                                overrides=hydra_overrides(), extra_params=extra_params, tags=tags)
     status = "FAILED"
     try:
         yield run_id

@@ -58,12 +58,10 @@ def _trial_runs(study_name: str, number: int, tracking: tuple[str, str]) -> list
 
 def _fail_run(uri: str, run) -> str:
     """Mark a RUNNING run (or run id) whose process is gone FAILED, as `mnist runs cleanup` does; its id."""
-    import time
-
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from mnist_pipeline.tracking.cleanup import CLEANUP_TAG, GONE, last_step
+    from mnist_pipeline.tracking.cleanup import mark_gone
     from mnist_pipeline.tracking.runs import process_state
 
     client = MlflowClient(uri)
@@ -75,9 +73,5 @@ def _fail_run(uri: str, run) -> str:
             return run
     if run.info.status != "RUNNING" or not process_state(run.data.tags).gone:
         return run.info.run_id
-    step, last_ts = last_step(client, run.info.run_id)
-    client.set_tag(run.info.run_id, CLEANUP_TAG, GONE)
-    if step is not None:
-        client.set_tag(run.info.run_id, "last_step", str(step))
-    client.set_terminated(run.info.run_id, "FAILED", end_time=last_ts or int(time.time() * 1000))
+    mark_gone(client, run.info.run_id)
     return run.info.run_id

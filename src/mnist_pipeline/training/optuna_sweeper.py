@@ -28,7 +28,6 @@ from mnist_pipeline.config import ConfigError
 from mnist_pipeline.training.optuna_abandoned import fail_abandoned_trials
 from mnist_pipeline.training.optuna_study import (
     StudySettings,
-    check_study,
     open_storage,
     override,
     read_settings,
@@ -62,8 +61,7 @@ class OptunaSweeper(Sweeper):
         try:
             settings = read_settings(self.settings, arguments)
             storage = open_storage(settings.storage_url)
-            check_study(storage, settings.study_name, settings.direction, settings.space.distributions)
-        except ConfigError as e:  # the MLflowSweep callback checked these already; this is for sweeps without it
+        except ConfigError as e:  # the MLflowSweep callback checked these (and the study); this is for sweeps without it
             sys.exit(f"error: {e}")
         study = optuna.create_study(study_name=settings.study_name, storage=storage, sampler=settings.sampler,
                                     direction=settings.direction, load_if_exists=True)

@@ -111,7 +111,9 @@ def median_pruning(cfg, run_id: str | None, logger) -> MedianPruning | None:
         study = control.get("optuna_study")
         if parent or study:
             peers = PeerCurves(client, run.info.experiment_id, run_id, parent=parent, study=study)
-    return MedianPruning(peers or NoPeers(), logger, warmup, int(control.get("prune_min_points") or 2))
+    # Without peers nothing is compared, and nobody reads this point's values early: no flush.
+    return MedianPruning(peers or NoPeers(), logger if peers else None, warmup,
+                         int(control.get("prune_min_points") or 2))
 
 
 class NoPeers:

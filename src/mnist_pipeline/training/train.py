@@ -112,11 +112,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     stop = step_boundary_stop()
     # requeue_on_usr2 outermost: submitit's requeue (which SIGTERMs the job) runs once ours is gone
     with requeue_on_usr2(stop), signals_end_runs(stop), device_for(cfg) as device, \
-            mlflow_run(cfg, processed_dir, out_dir, extra_params, resumed) as run_id:
-        if run_id:
-            from mnist_pipeline.tracking.runs import set_tag
-
-            set_tag(run_id, "device", device.tag)
+            mlflow_run(cfg, processed_dir, out_dir, extra_params, resumed, tags={"device": device.tag}) as run_id:
         if local_procs > 1 and not launch.under_launcher():
             metrics = launch.run_workers(cfg, out_dir, local_procs,
                                          env={launch.RUN_ID_ENV: run_id or "", launch.RESUME_ENV: resume_ckpt or ""})
