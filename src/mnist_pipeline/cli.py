@@ -25,7 +25,7 @@ COMMANDS = {
     "serve": ("mnist_pipeline.serving.serve", "the champion as a REST endpoint on 127.0.0.1:5001"),
     "ui": ("mnist_pipeline.tracking.ui", "the MLflow UI on 127.0.0.1:5000, at the training runs"),
     "server": ("mnist_pipeline.tracking.server", "the team server: PostgreSQL + MLflow with logins (make server)"),
-    "runs": ("mnist_pipeline.tracking.cleanup", "runs list|cleanup: RUNNING runs whose process is gone"),
+    "runs": ("mnist_pipeline.tracking.cleanup", "runs list|cleanup|sync: runs left RUNNING; records a server missed"),
     "bench": ("mnist_pipeline.training.bench", "figures: the pipeline against bare PyTorch (make bench)"),
 }
 

@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,34 +18,19 @@ import requests
 
 from support import MNIST, ROOT, mnist, tiny_overrides
 from support.servers import free_port
+from support.team_server import ADMIN_PASSWORD, TeamServer, open_folder, start_server, stop
 
 pytestmark = pytest.mark.system_packages
 
-ADMIN_PASSWORD = "team-server-test-admin-password"
 
-
-def open_folder() -> Path:
-    """A folder the postgres user can enter (pytest's tmp folders are closed to others)."""
-    folder = Path(tempfile.mkdtemp(prefix="mnist-team-server-"))
-    folder.chmod(0o755)
-    return folder
-
-
-def start_server(folder: Path, port: int, env: dict) -> tuple[subprocess.Popen, list[str]]:
-    """`mnist server` until it prints the clients' settings; returns (process, its lines so far)."""
-    proc = subprocess.Popen([*MNIST, "server", "--folder", str(folder), "--port", str(port)], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"mnist server exited ({proc.wait()}): {''.join(lines)}")
-        lines.append(line)
-        if "Ctrl-C or SIGTERM" in line:
-            return proc, lines
-    proc.kill()
-    raise AssertionError(f"mnist server did not get ready: {''.join(lines)}")
+@pytest.fixture(scope="module")
+def server():
+    """(url, folder) of a server whose admin password came from the environment."""
+    server = TeamServer()
+    try:
+        yield server.url, server.folder
+    finally:
+        server.close()
 
 
 def family(proc: subprocess.Popen, folder: Path) -> list[int]:
@@ -58,25 +42,6 @@ def family(proc: subprocess.Popen, folder: Path) -> list[int]:
 
 def alive(pids: list[int]) -> list[int]:
     return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-
-
-@pytest.fixture(scope="module")
-def server():
-    """(url, folder) of a server whose admin password came from the environment."""
-    folder, port = open_folder(), free_port()
-    env = {**os.environ, "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD}
-    proc, lines = start_server(folder / "server", port, env)
-    try:
-        yield f"http://127.0.0.1:{port}", folder / "server"
-    finally:
-        stop(proc)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def as_user(user: str, password: str) -> dict:
@@ -278,40 +243,51 @@ def test_a_folder_that_cannot_be_made_is_one_line(tmp_path):
 
 def test_eight_trainings_at_once_on_a_fresh_database_with_compare_running(server, processed, tmp_path):
     """Issue 15 point 3: 8 trainings start together against a fresh experiment of the PostgreSQL
-    server while `compare` reads it; all finish, with complete histories, in one experiment."""
+    server (4 on their own, 4 as the points of a joblib sweep) while `compare` (of the sweep) and
+    `runs list` read it; all finish, with complete histories, in one experiment."""
     from mlflow.tracking import MlflowClient
 
     url, _ = server
     env = {**os.environ, "MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": "admin",
            "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD, "MLFLOW_EXPERIMENT_NAME": "eight-at-once"}
     steps = 10
+    common = [o for o in tiny_overrides(processed, tmp_path, None) if not o.startswith(("logger.", "trainer.max_steps="))]
+    common += [f"trainer.max_steps={steps}", "threads=1"]
     trainings = []
-    for i in range(8):
-        args = [o for o in tiny_overrides(processed, tmp_path, tmp_path / f"out{i}")
-                if not o.startswith(("logger.", "trainer.max_steps="))]
-        log = open(tmp_path / f"train{i}.log", "w")
-        trainings.append((subprocess.Popen([*MNIST, "train", *args, f"trainer.max_steps={steps}", f"seed={i}",
-                                            f"hydra.run.dir={tmp_path / f'run{i}'}", "threads=1"],
+    for i in range(4):
+        log = open(tmp_path / f"train{i}.log", "w")  # noqa: SIM115 (closed below)
+        trainings.append((subprocess.Popen([*MNIST, "train", *common, f"seed={i}", f"hydra.run.dir={tmp_path / f'run{i}'}"],
                                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
-    compares = 0
+    log = open(tmp_path / "sweep.log", "w")  # noqa: SIM115 (closed below)
+    trainings.append((subprocess.Popen([*MNIST, "train", "-m", *common, "hydra/launcher=joblib", "hydra.launcher.n_jobs=4",
+                                        "seed=4,5,6,7", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                                       cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    listed = compared = 0
     while any(p.poll() is None for p, _ in trainings):
+        not_yet = ("error: no experiment 'eight-at-once'", "error: no sweep in this experiment yet", "error: the sweep ")
         result = mnist("runs", "list", env=env, timeout=60)
-        assert "Traceback" not in result.stderr, result.stderr[-2000:]
-        compares += 1
-    for i, (proc, log) in enumerate(trainings):
+        assert result.returncode == 0 or result.stderr.startswith(not_yet), result.stderr[-2000:]
+        listed += result.returncode == 0
+        result = mnist("compare", "--out", str(tmp_path / "compare"), env=env, timeout=60)
+        assert result.returncode == 0 or result.stderr.startswith(not_yet), result.stderr[-2000:]
+        compared += result.returncode == 0 and any(p.poll() is None for p, _ in trainings)
+    for proc, log in trainings:
         log.close()
-        assert proc.returncode == 0, (tmp_path / f"train{i}.log").read_text()[-3000:]
+        assert proc.returncode == 0, Path(log.name).read_text()[-3000:]
     client = MlflowClient(url)
     os.environ.update({k: env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")})
     try:
         experiments = [e for e in client.search_experiments() if e.name == "eight-at-once"]
         assert len(experiments) == 1, "one experiment, however many created it at once"
         runs = client.search_runs([experiments[0].experiment_id])
-        assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs)
-        for run in runs:
+        trained = [r for r in runs if not (r.data.tags.get("sweep") and "mlflow.parentRunId" not in r.data.tags)]
+        assert len(runs) == 9 and len(trained) == 8 and all(r.info.status == "FINISHED" for r in runs)
+        for run in trained:
             assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == \
                 list(range(1, steps + 1))
     finally:
         for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
             os.environ.pop(key, None)
-    print(f"8 trainings finished; `mnist runs list` ran {compares} times during them")
+    print(f"8 trainings (4 alone, 4 sweep points) finished; during them `compare` answered {compared} times "
+          f"and `runs list` ran {listed} times")
+    assert compared >= 1, "compare answered while the trainings ran"

@@ -52,3 +52,19 @@ def test_memory_is_bounded_and_what_is_set_aside_is_handed_back():
     left = writer.close(timeout_s=10)
     assert sorted(m for batch in left for m in batch) == list(range(100)), "nothing dropped"
     assert server.received == []
+
+
+def test_what_is_set_aside_goes_to_the_keeper_at_once_and_later_batches_are_tried_again():
+    server, kept = FlakyServer(), []
+    server.up.clear()
+    writer = BackgroundWriter(server.send, retry_s=0.3, max_pending=5, set_aside=kept.extend)
+    for step in range(20):
+        writer.submit([step])
+    deadline = time.monotonic() + 10
+    while not writer.gave_up and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert writer.gave_up and sorted(m for batch in kept for m in batch) == list(range(20)), "kept, not in memory"
+    server.up.set()
+    writer.submit([20])  # the server is back: what comes next is sent
+    assert writer.close(timeout_s=10) == []
+    assert server.received == [20]

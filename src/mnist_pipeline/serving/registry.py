@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mnist_pipeline.tracking.logged_model import logged_model
 from mnist_pipeline.tracking.runs import SELECTION, point_runs
 from mnist_pipeline.tracking.store import StoreError, add_store_args, experiment_id, experiment_name, open_store
 
@@ -68,14 +69,6 @@ def get_run(client, run_id: str):
         return client.get_run(run_id)
     except MlflowException:
         raise ModelError(f"no MLflow run {run_id!r} in this store (see `mnist ui` for run ids)") from None
-
-
-def logged_model(client, run):
-    """The newest model logged by `run`, or None."""
-    models = client.search_logged_models(experiment_ids=[run.info.experiment_id],
-                                         filter_string=f"source_run_id = '{run.info.run_id}'")
-    models = [m for m in models if str(m.status).endswith("READY")] or list(models)
-    return max(models, key=lambda m: m.creation_timestamp, default=None)
 
 
 def describe(run) -> str:

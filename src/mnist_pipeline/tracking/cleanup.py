@@ -8,6 +8,8 @@ process has that PID, or the one that has it started at another time (the PID wa
 it is a zombie. Runs of another host (a shared server) are never marked: from here we cannot see
 their processes. `--dry-run` only says what it would do; `list` shows the RUNNING runs and what
 `cleanup` would make of each.
+
+`sync <output folder>` sends what a run's tracking server did not take (see `sync.py`).
 """
 
 from __future__ import annotations
@@ -97,6 +99,28 @@ def list_running(tracking_uri: str | None, experiment: str, out=None) -> None:
     print(f"{len(runs)} RUNNING run(s) in {experiment!r}", file=out)
 
 
+def sync_folder(folder: str, tracking_uri: str | None, out=None) -> None:
+    from pathlib import Path
+
+    from mnist_pipeline.tracking.sync import NOTHING, describe, sync
+
+    out = out or sys.stdout
+    path = Path(folder)
+    if not path.is_dir():
+        raise StoreError(f"no folder {folder}: pass a run's output folder (its `output_dir` tag)")
+    from mnist_pipeline.tracking.spool import tracking_errors
+
+    try:
+        sent = sync(path, tracking_uri)
+    except tracking_errors() as e:
+        raise StoreError(f"the tracking server failed while the records of {folder} were sent "
+                         f"({' '.join(str(e).split())[:300]}): run this again, nothing is sent twice") from None
+    if sent is None:
+        print(f"{folder}: {NOTHING}", file=out)
+        return
+    print(f"{folder}: sent {describe(sent)}", file=out)
+
+
 def main(argv: list[str] | None = None, prog: str = "mnist runs") -> None:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -105,9 +129,14 @@ def main(argv: list[str] | None = None, prog: str = "mnist runs") -> None:
     clean = commands.add_parser("cleanup", help="mark FAILED the RUNNING runs whose process is gone (this host)")
     add_store_args(clean)
     clean.add_argument("--dry-run", action="store_true", help="say what would be marked, change nothing")
+    send = commands.add_parser("sync", help="send a run's records its server did not take, kept in its output folder")
+    send.add_argument("folder", help="the run's output folder (the one with mlflow-unsent/)")
+    send.add_argument("--tracking-uri", help="MLflow store (default: the one the run was trained against)")
     args = parser.parse_args(argv)
     try:
-        if args.command == "cleanup":
+        if args.command == "sync":
+            sync_folder(args.folder, args.tracking_uri)
+        elif args.command == "cleanup":
             cleanup(args.tracking_uri, args.experiment, args.dry_run)
         else:
             list_running(args.tracking_uri, args.experiment)

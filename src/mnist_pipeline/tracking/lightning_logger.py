@@ -11,7 +11,7 @@ import time
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from mnist_pipeline.tracking.store import tracking_uri
+from mnist_pipeline.tracking.store import fail_fast, tracking_uri
 
 
 class BufferedMLFlowLogger(MLFlowLogger):
@@ -20,12 +20,17 @@ class BufferedMLFlowLogger(MLFlowLogger):
     would cost more than the step). Points lost by a crash are not lost: every checkpoint holds the
     whole history (reports.HistoryInCheckpoint), and a resumed run sends what MLflow lacks
     (`backfill`) and skips what it has. The run's final status is left to the caller, which knows
-    why the run ended."""
+    why the run ended.
 
-    def __init__(self, *, flush_every_n_steps: int = 200, retry_s: float = 120.0, unsent_dir=None, **kwargs) -> None:
+    Sending is a background writer's job (`writer.py`): the server going away never stalls
+    training. What it does not take within `retry_s` goes to the run's output folder (`spool`); from
+    the end of a fit whose points could not all be sent (`lost`), the rest goes there directly."""
+
+    def __init__(self, *, flush_every_n_steps: int = 200, retry_s: float = 120.0, spool=None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.flush_every_n_steps = flush_every_n_steps
-        self.retry_s, self.unsent_dir = retry_s, unsent_dir
+        self.retry_s, self.spool = retry_s, spool
+        self.lost = False
         self._pending: list = []
         self._last_flush_step = 0
         self._writer = None
@@ -40,12 +45,10 @@ class BufferedMLFlowLogger(MLFlowLogger):
 
         now = int(time.time() * 1000)
         for key, points in history.items():
-            held = self.experiment.get_metric_history(self.run_id, key)
-            self.logged_until[key] = max((m.step for m in held), default=-1)
-            missing = [(step, value) for step, value in points if step > self.logged_until.get(key, -1)]
+            held = {m.step for m in self.experiment.get_metric_history(self.run_id, key)}
+            missing = [(step, value) for step, value in points if step not in held]
             self._pending += [Metric(key=key, value=value, timestamp=now, step=step) for step, value in missing]
-            if missing:
-                self.logged_until[key] = max(step for step, _ in missing)
+            self.logged_until[key] = max([*held, *(step for step, _ in missing)], default=-1)
 
     @rank_zero_only
     def log_metrics(self, metrics, step=None) -> None:
@@ -64,44 +67,46 @@ class BufferedMLFlowLogger(MLFlowLogger):
     def flush(self) -> None:
         """Hand what is pending to the background writer: training never waits on the server."""
         pending, self._pending = self._pending, []
+        if self.lost and self.spool is not None:
+            self._keep([pending])
+            return
         if self._writer is None:
             from mnist_pipeline.tracking.writer import BackgroundWriter
 
-            self._writer = BackgroundWriter(self._send, retry_s=self.retry_s)
+            self._writer = BackgroundWriter(self._send, retry_s=self.retry_s,
+                                            set_aside=self._keep if self.spool is not None else None)
         for i in range(0, len(pending), 1000):  # MLflow's limit per batch
             self._writer.submit(pending[i : i + 1000])
 
     def _send(self, batch: list) -> None:
         self.experiment.log_batch(self.run_id, metrics=batch)
 
+    def _keep(self, batches: list[list]) -> None:
+        points = [m for batch in batches for m in batch]
+        if points:
+            self.spool.keep(self.run_id, self._tracking_uri, metrics=points)
+
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
-        """Send everything; what the server did not take within `retry_s` stays in the output
-        folder (`unsent_dir`/metrics.jsonl), to be sent later."""
+        """Send everything, waiting at most `retry_s` for a server that is away; what it did not
+        take is in the spool, and so will be what follows (`lost`)."""
         self.flush()
-        unsent = self._writer.close() if self._writer is not None else []
-        self._writer = None
-        if unsent:
-            self.unsent = [m for batch in unsent for m in batch]
-            if self.unsent_dir is not None:
-                import json
-
-                from mnist_pipeline.atomic import write_text
-
-                lines = [json.dumps({"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step})
-                         for m in self.unsent]
-                write_text(self.unsent_dir / "metrics.jsonl", "\n".join(lines) + "\n")
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        unsent = writer.close()
+        if unsent and self.spool is not None:
+            self._keep(unsent)
+        self.lost = self.lost or writer.gave_up or bool(unsent)
 
 
-def attach_logger(cfg, run_id: str, unsent_dir=None) -> BufferedMLFlowLogger:
-    """A Lightning logger writing into an existing run. Against a server, each request fails fast
-    (no retries inside the MLflow client, which would retry for ~4 minutes): the logger's own
-    writer retries, off the training thread, for `logger.retry_s`."""
-    import os
+def attach_logger(cfg, run_id: str, out_dir=None) -> BufferedMLFlowLogger:
+    """A Lightning logger writing into an existing run, whose points the server does not take go
+    to `out_dir`'s spool. Against a server, each request fails fast (`store.fail_fast`): the
+    logger's own writer retries, off the training thread, for `logger.retry_s`."""
+    from mnist_pipeline.tracking.spool import Spool
 
     uri = tracking_uri(cfg.logger.tracking_uri)
-    if uri.startswith(("http://", "https://")):
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    fail_fast(uri)
     return BufferedMLFlowLogger(tracking_uri=uri, run_id=run_id, flush_every_n_steps=cfg.logger.flush_every_n_steps,
-                                retry_s=cfg.logger.get("retry_s", 120), unsent_dir=unsent_dir)
+                                retry_s=cfg.logger.get("retry_s", 120), spool=out_dir and Spool(out_dir))

@@ -77,6 +77,14 @@ def log_model(run_id: str, net, architecture: dict) -> str:
     return logged.model_id
 
 
+def logged_model(client, run):
+    """The newest READY model logged by `run`, else its newest one (a failed upload), or None."""
+    models = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                         filter_string=f"source_run_id = '{run.info.run_id}'")
+    models = [m for m in models if str(m.status).endswith("READY")] or list(models)
+    return max(models, key=lambda m: m.creation_timestamp, default=None)
+
+
 def cache_root() -> Path:
     """Where downloaded model files are kept, one folder per model id (a model's files never
     change): $MNIST_PIPELINE_CACHE, else $XDG_CACHE_HOME/mnist-pipeline, else ~/.cache/mnist-pipeline."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,34 +213,6 @@ def end_run(run_id: str, status: str) -> None:
     from mlflow.tracking import MlflowClient
 
     MlflowClient().set_terminated(run_id, status)
-
-
-def log_metrics(run_id: str, metrics: dict[str, float], step: int) -> None:
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    now = int(time.time() * 1000)
-    MlflowClient().log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
-
-
-def log_outcome(run_id: str, cfg, files: list[Path], checkpoints: list[str]) -> None:
-    """What a finished run adds besides its model (`logged_model.log_model`): the config, reports
-    and plots, and checkpoints."""
-    import tempfile
-
-    from mlflow.tracking import MlflowClient
-    from omegaconf import OmegaConf
-
-    client = MlflowClient()
-    with tempfile.TemporaryDirectory() as tmp:
-        config_yaml = Path(tmp) / "config.yaml"
-        config_yaml.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        client.log_artifact(run_id, str(config_yaml))
-    for path in files:
-        client.log_artifact(run_id, str(path), "reports/plots" if path.parent.name == "plots" else "reports")
-    for path in checkpoints:
-        if path:
-            client.log_artifact(run_id, path, "checkpoints")
 
 
 def find_sweep(client, experiment_id: str, name: str | None = None):

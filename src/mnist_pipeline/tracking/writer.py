@@ -3,8 +3,9 @@
 The training loop hands each batch of metrics to `BackgroundWriter`, which sends them in order from
 a thread of its own. A write that fails (the server or its database gone) is retried with backoff
 for up to `retry_s`; training goes on meanwhile. Memory stays bounded: at most `max_pending`
-metrics wait; beyond that the oldest waiting batches are set aside for the run's output folder
-(`unsent()`), never dropped. What is still unsent when the run ends is the caller's to keep.
+metrics wait; beyond that the oldest waiting batches are set aside, never dropped: handed to
+`set_aside` (the run's output folder: `spool.py`), and so is everything waiting once writes have
+failed for `retry_s`. Batches submitted after that are tried again, the server may be back.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ log = logging.getLogger(__name__)
 
 
 class BackgroundWriter:
-    def __init__(self, send, *, retry_s: float = 120.0, max_pending: int = 200_000) -> None:
-        """`send(batch)`: one write (e.g. MlflowClient.log_batch for one run), raising when it fails."""
+    def __init__(self, send, *, retry_s: float = 120.0, max_pending: int = 200_000, set_aside=None) -> None:
+        """`send(batch)`: one write (e.g. MlflowClient.log_batch for one run), raising when it fails;
+        `set_aside(batches)`: keeps what is not sent (default: in memory, returned by `close`)."""
         self.send, self.retry_s, self.max_pending = send, retry_s, max_pending
+        self._keep = set_aside
+        self.gave_up = False  # writes failed for retry_s at least once: some batches were set aside
         self._queue: deque[list] = deque()
         self._pending = 0
         self._set_aside: list[list] = []
@@ -40,7 +44,7 @@ class BackgroundWriter:
             while self._pending > self.max_pending and len(self._queue) > 1:
                 aside = self._queue[1]  # the head may be in flight: the next oldest goes aside
                 del self._queue[1]
-                self._set_aside.append(aside)
+                self._put_aside([aside])
                 self._pending -= len(aside)
             self._lock.notify()
 
@@ -77,10 +81,21 @@ class BackgroundWriter:
 
     def _give_up_all(self) -> None:
         """Past `retry_s` of failures: everything waiting is set aside (kept, not sent)."""
-        self._set_aside.extend(self._queue)
+        self.gave_up = True
+        self._put_aside(list(self._queue))
         self._queue.clear()
         self._pending = 0
         self._lock.notify_all()
+
+    def _put_aside(self, batches: list[list]) -> None:
+        if self._keep is None:
+            self._set_aside.extend(batches)
+            return
+        try:
+            self._keep(batches)
+        except Exception:  # a full disk: kept in memory, for close() to return
+            log.exception("could not keep %d unsent MLflow batches", len(batches))
+            self._set_aside.extend(batches)
 
     def close(self, timeout_s: float | None = None) -> list[list]:
         """Wait until everything is sent or `retry_s` of failures passed (or `timeout_s`); returns

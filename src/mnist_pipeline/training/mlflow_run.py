@@ -1,7 +1,8 @@
 """The MLflow run of one training job: opened (created, continued when resuming, or attached to a
 DDP launcher's run) and ended with the status only this process knows: FINISHED, FAILED (an
 exception; a diverged loss also gets the tag `diverged_at_step`), KILLED (SIGINT/SIGTERM), or left
-RUNNING for a requeued SLURM job to continue."""
+RUNNING for a requeued SLURM job to continue. With its tracking server away at the end, the status
+is kept with the run's other unsent records (`tracking.spool`): TrackingLost."""
 
 from __future__ import annotations
 
@@ -28,21 +29,24 @@ def mlflow_run(cfg: DictConfig, processed_dir: Path, out_dir: Path, extra_params
     A run this process created is ended here: FINISHED, FAILED (an exception; a diverged loss also
     gets the tag `diverged_at_step`) or KILLED (SIGINT/SIGTERM), or left RUNNING for the requeued
     job (SIGUSR2 under SLURM). A run created by a DDP launcher (`launch.RUN_ID_ENV`) is only written
-    to: the launcher ends it.
+    to: the launcher ends it. A resumed run first sends what its folder kept from a lost server.
     """
     from mnist_pipeline.model.module import DivergedError
-    from mnist_pipeline.tracking import runs
+    from mnist_pipeline.tracking import outcome, runs
+    from mnist_pipeline.tracking.spool import TrackingLost
     from mnist_pipeline.tracking.store import use_store
+    from mnist_pipeline.tracking.sync import sync
     from mnist_pipeline.training import launch, slurm
     from mnist_pipeline.training.stopping import RunKilled
 
     if not cfg.logger.enabled or launch.global_rank() != 0:
         yield None
         return
-    use_store(cfg.logger.tracking_uri)
+    uri = use_store(cfg.logger.tracking_uri)
     attached = os.environ.get(launch.RUN_ID_ENV)
     if resumed is not None:
         run_id = resumed.run_id
+        sync(out_dir, uri)
         runs.reopen_run(run_id, resumed.step, tags)
     else:
         run_id = attached or runs.start_run(cfg, processed_dir=processed_dir, out_dir=out_dir,
@@ -59,7 +63,7 @@ def mlflow_run(cfg: DictConfig, processed_dir: Path, out_dir: Path, extra_params
         status = "KILLED"
         raise
     except DivergedError as e:
-        runs.set_tag(run_id, "diverged_at_step", str(e.step))
+        outcome.tag_or_keep(run_id, uri, out_dir, "diverged_at_step", str(e.step))
         raise
     except launch.WorkersFailed:
         step = runs.get_tag(run_id, "diverged_at_step")
@@ -69,7 +73,11 @@ def mlflow_run(cfg: DictConfig, processed_dir: Path, out_dir: Path, extra_params
     finally:
         if not attached and status is not None:
             try:
-                runs.end_run(run_id, status)
+                outcome.end_run(run_id, status, uri, out_dir)
+            except TrackingLost as e:
+                if status == "FINISHED":
+                    raise
+                logging.getLogger(__name__).warning("%s", e)
             except Exception as e:  # the store failing too: the run's own error is the one to report
                 if status == "FINISHED":
                     raise

@@ -146,9 +146,9 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
 
     from mnist_pipeline.model.architectures import record
     from mnist_pipeline.model.module import MNISTClassifier
-    from mnist_pipeline.tracking import runs
     from mnist_pipeline.tracking.lightning_logger import attach_logger
     from mnist_pipeline.tracking.logged_model import log_model
+    from mnist_pipeline.tracking.outcome import EndOfRun, send_or_keep
     from mnist_pipeline.training import diagnostics, reports
     from mnist_pipeline.training.checkpoints import AtomicCheckpointIO
     from mnist_pipeline.training.perf import PhaseTimes
@@ -170,7 +170,7 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
     phases = PhaseTimes(train_called)
     loggers: list = [history]
     if run_id:
-        loggers.append(attach_logger(cfg, run_id, unsent_dir=out_dir / "mlflow-unsent"))
+        loggers.append(attach_logger(cfg, run_id, out_dir))
     pruning = median_pruning(cfg, run_id, loggers[-1] if run_id else None)  # sweep.prune=median
     # `best` by val/acc, and `last` at every periodic validation (Lightning's save_last only saves
     # alongside a new best) and when a run stops on an exception or a signal.
@@ -208,25 +208,24 @@ def fit_and_evaluate(cfg: DictConfig, processed_dir: Path, out_dir: Path, run_id
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.split("/")[0] in ("val_full", "test")}
     if pruning and pruning.pruned_at is not None:
         metrics["pruned_at_step"] = pruning.pruned_at  # in metrics.json too: a DDP launcher reads it there
-        if run_id and trainer.is_global_zero:
-            runs.set_tag(run_id, "pruned_at_step", str(pruning.pruned_at))
     logging_model = bool(run_id) and trainer.is_global_zero
+    lost = logging_model and loggers[-1].lost  # the server is away: the run's records are kept (spool)
     if trainer.is_global_zero:
         # The model's export and logging (~1 s, most of it what the first torch.export and MLflow's
         # first requirements check cost in a process) run beside the reports and their pictures.
         with ThreadPoolExecutor(1) as beside:
-            model_logged = beside.submit(log_model, run_id, model.net, record(cfg.model)) if logging_model else None
+            model_logged = (beside.submit(log_model, run_id, model.net, record(cfg.model))
+                            if logging_model and not lost else None)
             into = reports_dir(cfg, out_dir)
             files = reports.write_reports(into, metrics, history.history)
             files += diagnostics.write_diagnostics(into, model.net, *datamodule.splits["test"])
-            if model_logged is not None:
-                model_logged.result()
     if logging_model:
-        runs.log_outcome(run_id, cfg, files, [best.best_model_path, last.best_model_path])
         timings = phases.metrics(trainer, datamodule.train_batches.seconds, time.perf_counter())
         if pruning:
             timings["perf/pruning_s"] = pruning.seconds
-        runs.log_metrics(run_id, timings, trainer.global_step)
+        end = EndOfRun(files, [best.best_model_path, last.best_model_path], timings, trainer.global_step,
+                       {"pruned_at_step": str(pruning.pruned_at)} if pruning and pruning.pruned_at is not None else {})
+        send_or_keep(run_id, cfg, out_dir, end, model_logged, best.best_model_path, lost)
     return metrics
 
 
@@ -243,6 +242,7 @@ def main(cfg: DictConfig) -> float:
     sweep, a failed point is recorded FAILED and returns NaN, so the other points still run. A
     single run ends with a summary, or with one `error:` line (a traceback goes to its log file)."""
     from mnist_pipeline.model.module import DivergedError
+    from mnist_pipeline.tracking.spool import TrackingLost
     from mnist_pipeline.training import console
     from mnist_pipeline.training.launch import WorkersFailed, global_rank
     from mnist_pipeline.training.stopping import RunKilled
@@ -252,7 +252,7 @@ def main(cfg: DictConfig) -> float:
     except RunKilled as e:
         print(f"\n{e}: run marked KILLED", file=sys.stderr)
         sys.exit(128 + e.signum)
-    except (ConfigError, DivergedError, WorkersFailed) as e:
+    except (ConfigError, DivergedError, WorkersFailed, TrackingLost) as e:
         if not _in_multirun():
             sys.exit(f"error: {e}")
         logging.getLogger(__name__).error("error: %s", e)
