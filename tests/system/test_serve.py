@@ -84,7 +84,7 @@ def test_make_serve_answers_what_predict_answers(champion_real, tmp_path, capsys
         # The README's lines, as written (but for the port): a request of two test digits, then curl.
         readme = (ROOT / "README.md").read_text()
         (example,) = [line.split("#")[0].strip() for line in readme.splitlines() if line.startswith("mnist serve --example")]
-        (curl,) = [line for line in readme.splitlines() if line.startswith("curl ")]
+        (curl,) = [line for line in readme.splitlines() if line.startswith("curl ") and "/invocations" in line]
         made = subprocess.run(f"{MNIST[0]} {example.removeprefix('mnist ')} --processed-dir {champion_real.processed}",
                               shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert made.returncode == 0 and made.stdout.startswith("wrote request.json: 2 test digits"), made.stderr
