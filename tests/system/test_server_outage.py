@@ -21,18 +21,11 @@ import time
 import pytest
 
 from support import MNIST, ROOT, metric_steps, mnist
-from support.team_server import ADMIN, TeamServer
+from support.team_server import ADMIN
 
 pytestmark = pytest.mark.system_packages
 
 
-@pytest.fixture(scope="module")
-def server():
-    server = TeamServer()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def _args(processed, server, experiment: str, *extra: str) -> list[str]:
@@ -93,24 +86,24 @@ def _rate(seen: dict[int, float], start: float, end: float) -> float:
     return (s1 - s0) / (t1 - t0)
 
 
-def test_a_server_away_20_s_during_a_60_s_training_neither_stalls_it_nor_loses_a_point(server, processed, tmp_path):
+def test_a_server_away_20_s_during_a_60_s_run_neither_stalls_it_nor_loses_a_point(team_server, processed, tmp_path):
     steps = 7000  # the tutorial preset (a validation every 5 steps, 1400 in all): ~60 s of training here
-    training = Training(_args(processed, server, "outage-back", f"trainer.max_steps={steps}",
-                              "data.val_subset_size=200", "progress_every_n_steps=100", f"hydra.run.dir={tmp_path / 'run'}"),
-                        tmp_path / "log")
+    training = Training(_args(processed, team_server, "outage-back", f"trainer.max_steps={steps}",
+                              "data.val_subset_size=200", "progress_every_n_steps=100",
+                              f"hydra.run.dir={tmp_path / 'run'}"), tmp_path / "log")
     training.wait_for_step(600)
     before = time.monotonic()
     training.watch(5)
-    server.stop()
+    team_server.stop()
     away = time.monotonic()
     training.watch(20)
     away_s = time.monotonic() - away
     assert "MLflow write failed" in training.log.read_text(), "the writer met the outage"
-    server.start()
+    team_server.start()
     back = time.monotonic()
     assert training.wait() == 0, training.log.read_text()[-3000:]
     rate_before, rate_away = _rate(training.seen, before, away), _rate(training.seen, away + 1, back)
-    with server.as_admin() as client:
+    with team_server.as_admin() as client:
         run = _the_run(client, "outage-back")
         train_steps = metric_steps(client, run.info.run_id, "train/loss")
         val_steps = metric_steps(client, run.info.run_id, "val/acc")
@@ -125,21 +118,21 @@ def test_a_server_away_20_s_during_a_60_s_training_neither_stalls_it_nor_loses_a
     assert "test/acc" in run.data.metrics
 
 
-def test_a_server_still_away_at_the_end_keeps_the_records_until_runs_sync(server, processed, tmp_path):
+def test_a_server_still_away_at_the_end_keeps_the_records_until_runs_sync(team_server, processed, tmp_path):
     steps, out = 600, tmp_path / "run"
-    training = Training(_args(processed, server, "outage-lost", f"trainer.max_steps={steps}", "logger.retry_s=5",
+    training = Training(_args(processed, team_server, "outage-lost", f"trainer.max_steps={steps}", "logger.retry_s=5",
                               "trainer.val_check_interval=50", "data.val_subset_size=100",
                               "logger.flush_every_n_steps=20", "progress_every_n_steps=50", f"hydra.run.dir={out}"),
                         tmp_path / "log")
     try:
         training.wait_for_step(100)
-        server.stop()
+        team_server.stop()
         started = time.monotonic()
         code = training.wait()
         ended_s = time.monotonic() - started
     finally:
-        if server.proc.poll() is not None:
-            server.start()
+        if team_server.proc.poll() is not None:
+            team_server.start()
     last = training.log.read_text().strip().splitlines()[-1]
     print(f"server away from step ~100 to the end; training ended {ended_s:.0f} s later, exit {code}:\n{last}")
     assert code == 1
@@ -148,21 +141,22 @@ def test_a_server_still_away_at_the_end_keeps_the_records_until_runs_sync(server
     kept = out / "mlflow-unsent"
     assert (kept / "run.json").is_file() and (kept / "metrics.jsonl").is_file()
     shutil.copytree(kept, tmp_path / "kept-copy")
-    with server.as_admin() as client:
+    with team_server.as_admin() as client:
         assert _the_run(client, "outage-lost").info.status == "RUNNING", "the server never heard the end"
 
     synced = mnist("runs", "sync", str(out), env=ADMIN, timeout=180)
     assert synced.returncode == 0, synced.stderr[-3000:]
     print(synced.stdout.strip())
     assert "sent " in synced.stdout and "the model" in synced.stdout and not kept.exists()
-    with server.as_admin() as client:
+    with team_server.as_admin() as client:
         run = _the_run(client, "outage-lost")
         run_id = run.info.run_id
         histories = {k: metric_steps(client, run_id, k) for k in ("train/loss", "val/acc", "test/acc")}
         artifacts = {f.path for d in ("", "checkpoints", "reports") for f in client.list_artifacts(run_id, d or None)}
         models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
     assert run.info.status == "FINISHED"
-    assert histories["train/loss"] == list(range(1, steps + 1)) and histories["val/acc"] == list(range(50, steps + 1, 50))
+    assert histories["train/loss"] == list(range(1, steps + 1))
+    assert histories["val/acc"] == list(range(50, steps + 1, 50))
     assert len(histories["test/acc"]) == 1
     assert {"config.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "reports/metrics.json"} <= artifacts
     assert [str(m.status).endswith("READY") for m in models] == [True], "one model, logged from best.ckpt"
@@ -174,25 +168,25 @@ def test_a_server_still_away_at_the_end_keeps_the_records_until_runs_sync(server
     assert twice.returncode == 0, twice.stderr[-3000:]
     print(twice.stdout.strip())
     assert "sent 0 metric points, 0 params, 0 tags, 0 artifacts, no model" in twice.stdout
-    with server.as_admin() as client:
+    with team_server.as_admin() as client:
         assert {k: metric_steps(client, run_id, k) for k in histories} == histories, "nothing twice"
         assert len(client.search_logged_models(experiment_ids=[run.info.experiment_id])) == 1
 
 
-def test_a_run_killed_while_its_server_was_away_resumes_with_every_validation_point(server, processed, tmp_path):
+def test_a_run_killed_while_its_server_was_away_resumes_with_every_validation_point(team_server, processed, tmp_path):
     steps, out = 1000, tmp_path / "run"
-    args = _args(processed, server, "outage-resume", f"trainer.max_steps={steps}", "trainer.val_check_interval=50",
+    args = _args(processed, team_server, "outage-resume", f"trainer.max_steps={steps}", "trainer.val_check_interval=50",
                  "data.val_subset_size=100", "logger.flush_every_n_steps=20", "progress_every_n_steps=50")
     training = Training([*args, f"hydra.run.dir={out}"], tmp_path / "log")
     try:
         training.wait_for_step(200)
-        server.stop()
+        team_server.stop()
         training.watch(3)  # flushes fail and wait in the writer; validations and checkpoints go on
         training.proc.send_signal(signal.SIGKILL)
         assert training.wait() == -signal.SIGKILL
     finally:
-        server.start()
-    with server.as_admin() as client:
+        team_server.start()
+    with team_server.as_admin() as client:
         run = _the_run(client, "outage-resume")
         held = metric_steps(client, run.info.run_id, "val/acc")
     import torch
@@ -203,7 +197,7 @@ def test_a_run_killed_while_its_server_was_away_resumes_with_every_validation_po
     assert max(held, default=0) < at, "the server had missed validation points the checkpoint holds"
     resumed = mnist("train", *args, "resume=last", env=ADMIN, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    with server.as_admin() as client:
+    with team_server.as_admin() as client:
         run = _the_run(client, "outage-resume")
         assert run.info.status == "FINISHED" and run.data.tags["resumed_at_step"] == str(at)
         assert metric_steps(client, run.info.run_id, "train/loss") == list(range(1, steps + 1))

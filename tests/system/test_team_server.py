@@ -18,19 +18,15 @@ import requests
 
 from support import MNIST, ROOT, mnist, tiny_overrides
 from support.servers import free_port
-from support.team_server import ADMIN_PASSWORD, TeamServer, open_folder, start_server, stop
+from support.team_server import ADMIN_PASSWORD, open_folder, start_server, stop
 
 pytestmark = pytest.mark.system_packages
 
 
-@pytest.fixture(scope="module")
-def server():
-    """(url, folder) of a server whose admin password came from the environment."""
-    server = TeamServer()
-    try:
-        yield server.url, server.folder
-    finally:
-        server.close()
+@pytest.fixture
+def server(team_server):
+    """(url, folder) of the session's team server, whose admin password came from the environment."""
+    return team_server.url, team_server.folder
 
 
 def family(proc: subprocess.Popen, folder: Path) -> list[int]:
@@ -80,22 +76,35 @@ def test_training_as_admin_sends_runs_and_artifacts_through_the_server(server, p
     assert any(p.endswith("MLmodel") for p in stored), stored  # the logged model, proxied too
 
 
+def _user_with_permission(url: str, user: str, password: str, experiment: str, permission: str) -> str:
+    """A new experiment and a new user with `permission` on it (as the admin makes them); its id."""
+    admin = ("admin", ADMIN_PASSWORD)
+    api = f"{url}/api/2.0/mlflow"
+    experiment_id = requests.post(f"{api}/experiments/create", json={"name": experiment}, auth=admin).json()[
+        "experiment_id"]
+    assert requests.post(f"{api}/users/create", json={"username": user, "password": password},
+                         auth=admin).status_code == 200
+    grant = {"username": user, "resource_type": "experiment", "resource_id": experiment_id, "permission": permission}
+    assert requests.post(f"{url}/api/3.0/mlflow/users/permissions/grant", json=grant, auth=admin).status_code == 200
+    return experiment_id
+
+
+def _refused_line(url: str, processed, tmp_path, experiment: str, env: dict) -> str:
+    """A training the server refuses: its one line (it must end non-zero with one line)."""
+    result = mnist("train", *tiny_overrides(processed, tmp_path / "unused", tmp_path / "out"),
+                   f"logger.tracking_uri={url}", f"logger.experiment_name={experiment}", timeout=120, env=env)
+    assert result.returncode != 0
+    (line,) = result.stderr.strip().splitlines()
+    print(line)
+    return line
+
+
 def test_a_read_only_user_is_refused_before_any_work(server, processed, tmp_path):
     url, _ = server
     admin = ("admin", ADMIN_PASSWORD)
     api = f"{url}/api/2.0/mlflow"
-    experiment_id = requests.post(f"{api}/experiments/create", json={"name": "readonly-team"}, auth=admin).json()[
-        "experiment_id"]
-    assert requests.post(f"{api}/users/create", json={"username": "reader", "password": "reader-password-123"},
-                         auth=admin).status_code == 200
-    grant = {"username": "reader", "resource_type": "experiment", "resource_id": experiment_id, "permission": "READ"}
-    assert requests.post(f"{url}/api/3.0/mlflow/users/permissions/grant", json=grant, auth=admin).status_code == 200
-    result = mnist("train", *tiny_overrides(processed, tmp_path / "unused", tmp_path / "out"),
-                   f"logger.tracking_uri={url}", "logger.experiment_name=readonly-team", timeout=120,
-                   env=as_user("reader", "reader-password-123"))
-    assert result.returncode != 0
-    (line,) = result.stderr.strip().splitlines()
-    print(line)
+    experiment_id = _user_with_permission(url, "reader", "reader-password-123", "readonly-team", "READ")
+    line = _refused_line(url, processed, tmp_path, "readonly-team", as_user("reader", "reader-password-123"))
     assert line.startswith("error: ") and "'reader'" in line and "'readonly-team'" in line and "403" in line
     assert not (tmp_path / "out").exists()
     runs = requests.post(f"{api}/runs/search", json={"experiment_ids": [experiment_id]}, auth=admin).json()
@@ -108,12 +117,7 @@ def test_an_editor_passes_the_write_probe_which_changes_nothing_and_trains(serve
     url, _ = server
     admin = ("admin", ADMIN_PASSWORD)
     api = f"{url}/api/2.0/mlflow"
-    experiment_id = requests.post(f"{api}/experiments/create", json={"name": "edited"}, auth=admin).json()[
-        "experiment_id"]
-    assert requests.post(f"{api}/users/create", json={"username": "editor", "password": "editor-password-123"},
-                         auth=admin).status_code == 200
-    grant = {"username": "editor", "resource_type": "experiment", "resource_id": experiment_id, "permission": "EDIT"}
-    assert requests.post(f"{url}/api/3.0/mlflow/users/permissions/grant", json=grant, auth=admin).status_code == 200
+    experiment_id = _user_with_permission(url, "editor", "editor-password-123", "edited", "EDIT")
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "editor")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "editor-password-123")
     check_write_access(url, "edited")  # no StoreError
@@ -131,12 +135,7 @@ def test_an_editor_passes_the_write_probe_which_changes_nothing_and_trains(serve
 
 def test_wrong_password_is_one_line_before_any_work(server, processed, tmp_path):
     url, _ = server
-    result = mnist("train", *tiny_overrides(processed, tmp_path / "unused", tmp_path / "out"),
-                   f"logger.tracking_uri={url}", "logger.experiment_name=team", timeout=120,
-                   env=as_user("admin", "not-the-password"))
-    assert result.returncode != 0
-    (line,) = result.stderr.strip().splitlines()
-    print(line)
+    line = _refused_line(url, processed, tmp_path, "team", as_user("admin", "not-the-password"))
     assert line.startswith("error: ") and "'admin'" in line and "401" in line
     assert not (tmp_path / "out").exists()
     anonymous = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
@@ -251,20 +250,19 @@ def test_eight_trainings_at_once_on_a_fresh_database_with_compare_running(server
     env = {**os.environ, "MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": "admin",
            "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD, "MLFLOW_EXPERIMENT_NAME": "eight-at-once"}
     steps = 10
-    common = [o for o in tiny_overrides(processed, tmp_path, None) if not o.startswith(("logger.", "trainer.max_steps="))]
-    common += [f"trainer.max_steps={steps}", "threads=1"]
-    trainings = []
-    for i in range(4):
-        log = open(tmp_path / f"train{i}.log", "w")  # noqa: SIM115 (closed below)
-        trainings.append((subprocess.Popen([*MNIST, "train", *common, f"seed={i}", f"hydra.run.dir={tmp_path / f'run{i}'}"],
-                                           cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
-    log = open(tmp_path / "sweep.log", "w")  # noqa: SIM115 (closed below)
-    trainings.append((subprocess.Popen([*MNIST, "train", "-m", *common, "hydra/launcher=joblib", "hydra.launcher.n_jobs=4",
-                                        "seed=4,5,6,7", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-                                       cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    common = [o for o in tiny_overrides(processed, tmp_path, None)
+              if not o.startswith(("logger.", "trainer.max_steps="))] + [f"trainer.max_steps={steps}", "threads=1"]
+
+    def start(name: str, *args: str) -> tuple[subprocess.Popen, object]:
+        log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 (closed below)
+        return subprocess.Popen([*MNIST, "train", *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log
+
+    trainings = [start(f"train{i}", *common, f"seed={i}", f"hydra.run.dir={tmp_path / f'run{i}'}") for i in range(4)]
+    trainings.append(start("sweep", "-m", *common, "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "seed=4,5,6,7",
+                           f"hydra.sweep.dir={tmp_path / 'sweep'}"))
+    not_yet = ("error: no experiment 'eight-at-once'", "error: no sweep in this experiment yet", "error: the sweep ")
     listed = compared = 0
     while any(p.poll() is None for p, _ in trainings):
-        not_yet = ("error: no experiment 'eight-at-once'", "error: no sweep in this experiment yet", "error: the sweep ")
         result = mnist("runs", "list", env=env, timeout=60)
         assert result.returncode == 0 or result.stderr.startswith(not_yet), result.stderr[-2000:]
         listed += result.returncode == 0

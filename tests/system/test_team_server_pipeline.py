@@ -16,24 +16,15 @@ import time
 import urllib.request
 
 import numpy as np
-import psutil
 import pytest
 
 from support import FAULTY, MNIST, ROOT, metric_steps, mnist
 from support.models import write_mnist_pngs
-from support.servers import free_port
-from support.team_server import TeamServer
+from support.servers import free_port, stop_ui
 
 pytestmark = pytest.mark.system_packages
 
 
-@pytest.fixture(scope="module")
-def server():
-    server = TeamServer()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def _tiny(processed, *extra: str) -> list[str]:
@@ -55,25 +46,12 @@ def _serve(env: dict, port: int, log) -> subprocess.Popen:
             time.sleep(0.5)
 
 
-def _stop_group(proc: subprocess.Popen) -> None:
-    family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    for pid in family:
-        if psutil.pid_exists(pid):
-            os.kill(pid, signal.SIGKILL)
-
-
-def test_a_joblib_sweep_then_compare_promote_predict_and_serve(server, processed, tmp_path):
-    env = {**os.environ, **server.client_env("team-sweep")}
+def test_a_joblib_sweep_then_compare_promote_predict_and_serve(team_server, processed, tmp_path):
+    env = {**os.environ, **team_server.client_env("team-sweep")}
     sweep = mnist("train", "-m", *_tiny(processed), "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                   "optimizer.lr=0.05,0.15", f"hydra.sweep.dir={tmp_path / 'sweep'}", env=env, timeout=300)
     assert sweep.returncode == 0, sweep.stderr[-3000:]
-    with server.as_admin() as client:
+    with team_server.as_admin() as client:
         experiment = client.get_experiment_by_name("team-sweep")
         runs = client.search_runs([experiment.experiment_id])
         (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -116,16 +94,16 @@ def test_a_joblib_sweep_then_compare_promote_predict_and_serve(server, processed
             with urllib.request.urlopen(request, timeout=60) as answer:
                 served = np.asarray(json.loads(answer.read())["predictions"])
         finally:
-            _stop_group(serving)
+            stop_ui(serving)
     assert np.allclose(served, [a["probabilities"] for a in answers], atol=1e-5), "serve answers what predict does"
 
 
-def test_a_ddp_cpu_run(server, processed, tmp_path):
-    env = server.client_env("team-ddp")
+def test_a_ddp_cpu_run(team_server, processed, tmp_path):
+    env = team_server.client_env("team-ddp")
     result = mnist("train", *_tiny(processed), "trainer=ddp_cpu", f"hydra.run.dir={tmp_path / 'job'}", env=env,
                    timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
-    with server.as_admin() as client:
+    with team_server.as_admin() as client:
         (run,) = client.search_runs([client.get_experiment_by_name("team-ddp").experiment_id])
         assert run.info.status == "FINISHED" and run.data.params["world_size"] == "2"
         assert metric_steps(client, run.info.run_id, "train/loss") == list(range(1, 24))
@@ -133,8 +111,8 @@ def test_a_ddp_cpu_run(server, processed, tmp_path):
             {"checkpoints/best.ckpt", "checkpoints/last.ckpt"}
 
 
-def test_resume_last_after_a_sigkill(server, processed, tmp_path):
-    env = server.client_env("team-resume")
+def test_resume_last_after_a_sigkill(team_server, processed, tmp_path):
+    env = team_server.client_env("team-resume")
     args = [*_tiny(processed), "trainer.max_steps=60", "trainer.deterministic=true"]
     crashed = mnist("train", *args, "model._target_=support.faulty.KillsItself", f"hydra.run.dir={tmp_path / 'job'}",
                     env={**env, **FAULTY, "KILL_AT_CALL": "37"}, timeout=240)
@@ -142,7 +120,7 @@ def test_resume_last_after_a_sigkill(server, processed, tmp_path):
     resumed = mnist("train", *args, "model._target_=support.faulty.KillsItself", "resume=last",
                     env={**env, **FAULTY}, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    with server.as_admin() as client:
+    with team_server.as_admin() as client:
         (run,) = client.search_runs([client.get_experiment_by_name("team-resume").experiment_id])
         assert run.info.status == "FINISHED" and run.data.tags["resumed_at_step"] == "35"
         assert metric_steps(client, run.info.run_id, "train/loss") == list(range(1, 61)), "no step missing or twice"
