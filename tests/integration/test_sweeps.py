@@ -56,6 +56,13 @@ def test_sweep_points_are_children_of_one_parent_and_failures_are_counted(grid_s
             assert run.info.status == "FINISHED" and "val_full/acc" in run.data.metrics
         else:
             assert run.info.status == "FAILED" and run.data.tags["diverged_at_step"] == "2"
+    # The parent says what happened: the swept values as params, the counts and the best point.
+    assert parent.data.params == {"optimizer.lr": "0.05,1e20", "data.batch_size": "32,64"}
+    assert {k: parent.data.metrics[k] for k in ("sweep/points", "sweep/failed_points", "sweep/pruned_points")} == \
+        {"sweep/points": 4, "sweep/failed_points": 2, "sweep/pruned_points": 0}
+    best = max((r for r in children if r.info.status == "FINISHED"), key=lambda r: r.data.metrics["val_full/acc"])
+    assert parent.data.tags["best_run_id"] == best.info.run_id
+    assert parent.data.metrics["val_full/acc"] == best.data.metrics["val_full/acc"]
     assert "2 of 4 sweep points failed" in result.stdout + result.stderr
     table = result.stdout[result.stdout.index("best first by val_full/acc"):].splitlines()
     points = [row for row in table if row.startswith("tfjs_cnn lr=")]
@@ -119,7 +126,7 @@ def test_compare_ranks_points_draws_and_logs_to_the_parent(grid_sweep, tmp_path)
     from mnist_pipeline.serving.compare import compare
 
     store, _ = grid_sweep
-    text, pictures, parent_id = compare(f"sqlite:///{store}/mlflow.db", "mnist", None, str(tmp_path))
+    text, pictures, parent_id, *_ = compare(f"sqlite:///{store}/mlflow.db", "mnist", None, str(tmp_path))
     lines = text.splitlines()
     assert lines[1].split()[:8] == ["run", "lr", "bs", "val_full/acc", "best", "val/acc", "test/acc", "steps/s"]
     body = lines[3:]
@@ -164,3 +171,49 @@ def test_ui_server_lists_the_sweep_runs_over_rest(grid_sweep):
         family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
         stop_ui(proc)
     assert not [p for p in family if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+def test_compare_ends_with_the_ui_compare_page_of_the_points(grid_sweep, tmp_path):
+    import json
+    from urllib.parse import unquote
+
+    store, _ = grid_sweep
+    result = mnist("compare", "--tracking-uri", f"sqlite:///{store}/mlflow.db", "--out", str(tmp_path),
+                   "--ui-url", "http://127.0.0.1:5055/")
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = result.stdout.strip().splitlines()[-1]
+    prefix = "compared in the MLflow UI (make ui): http://127.0.0.1:5055/#/compare-runs?runs="
+    assert last.startswith(prefix)
+    runs, _, experiments = last.removeprefix(prefix).partition("&experiments=")
+    parent, children = _parent_and_children(store)
+    assert sorted(json.loads(unquote(runs))) == sorted(r.info.run_id for r in children)
+    assert json.loads(unquote(experiments)) == [parent.info.experiment_id]
+
+
+def test_a_sweep_over_seeds_compares_configs_by_mean_and_promotes_the_best_configs_best_seed(processed, tmp_path):
+    store = tmp_path / "mlruns"
+    uri = f"sqlite:///{store}/mlflow.db"
+    result = mnist("train", *_sweep_args(processed, store, tmp_path / "sweep", "seed=0,1", "optimizer.lr=0.05,0.15"),
+                   timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    compared = mnist("compare", "--tracking-uri", uri, "--out", str(tmp_path / "compare"))
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    text = compared.stdout
+    assert "2 configs (lr) over seeds, best first by mean val_full/acc" in text
+    configs = text[text.index("2 configs (lr)"):].splitlines()[3:5]
+    assert all(" 2 " in row and "±" in row for row in configs), configs
+    best_lr = configs[0].split()[0]
+    promoted = mnist("promote", "--tracking-uri", uri)
+    assert promoted.returncode == 0, promoted.stderr[-3000:]
+    assert promoted.stdout.startswith(f"best of config lr={best_lr} of sweep "), promoted.stdout
+    assert "n=2), its best seed" in promoted.stdout
+
+
+def test_compare_of_a_sweep_whose_points_all_failed_says_so_and_prints_no_table(processed, tmp_path):
+    store = tmp_path / "mlruns"
+    result = mnist("train", *_sweep_args(processed, store, tmp_path / "sweep", "optimizer.lr=1e20,2e20"), timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    compared = mnist("compare", "--tracking-uri", f"sqlite:///{store}/mlflow.db", "--out", str(tmp_path / "c"))
+    assert compared.returncode == 1 and compared.stdout == ""
+    (line,) = compared.stderr.strip().splitlines()
+    assert line.startswith("error: every point of the sweep ") and "FAILED (diverged at step 2)" in line

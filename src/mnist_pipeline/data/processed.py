@@ -41,13 +41,20 @@ def load_splits(processed_dir: str | Path) -> dict:
     return {name: read_split(path) for name, path in split_files(processed_dir).items()}
 
 
-def processed_sha256(processed_dir: str | Path) -> str:
-    """One digest naming the exact data a run saw: sha256 over the split files' own sha256s."""
-    outer = hashlib.sha256()
+def split_sha256s(processed_dir: str | Path) -> dict[str, str]:
+    """Each split file's sha256 (hex), by split name."""
+    digests = {}
     for name, path in split_files(processed_dir).items():
         with open(path, "rb") as f:
-            outer.update(f"{name}:{hashlib.file_digest(f, 'sha256').hexdigest()}\n".encode())
-    return outer.hexdigest()
+            digests[name] = hashlib.file_digest(f, "sha256").hexdigest()
+    return digests
+
+
+def processed_sha256(processed_dir: str | Path, digests: dict[str, str] | None = None) -> str:
+    """One digest naming the exact data a run saw: sha256 over the split files' own sha256s
+    (`digests`, when they are known already)."""
+    digests = digests or split_sha256s(processed_dir)
+    return hashlib.sha256("".join(f"{name}:{digests[name]}\n" for name in SPLITS).encode()).hexdigest()
 
 
 def as_input(images):

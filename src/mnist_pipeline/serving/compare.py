@@ -2,8 +2,9 @@
 
 Prints the sweep's points best first by val_full/acc (the selection metric; failed and diverged
 points last), draws every point's val/acc curve on one chart and, for a learning rate x batch size
-grid, a heatmap of val_full/acc, and logs both pictures to the sweep's parent run. `--promote` then
-registers the best point's model as the champion (see promote.py).
+grid, a heatmap of val_full/acc, and logs both pictures to the sweep's parent run. Ends with the
+address of the MLflow UI's own compare page for the points (`--ui-url`, default `make ui`'s).
+`--promote` then registers the best point's model as the champion (see promote.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from mnist_pipeline.serving.registry import DEFAULT_MODEL_NAME
 from mnist_pipeline.tracking.runs import SELECTION, find_sweep, short_name
 from mnist_pipeline.tracking.store import StoreError, add_store_args, experiment_id, experiment_name, open_store
 from mnist_pipeline.tracking.sweep_table import read_sweep
+from mnist_pipeline.tracking.ui import UI_URL, compare_page
 
 
 def heatmap(table: list[dict], lrs: list[float], batches: list[int]):
@@ -81,8 +83,8 @@ def plot(table: list[dict], swept: list[str], out_dir: Path) -> list[Path]:
 
 
 def compare(tracking_uri: str | None, experiment: str | None, sweep: str | None,
-            out: str | None) -> tuple[str, list[Path], str]:
-    """(the table as text, the pictures, the parent run's id)."""
+            out: str | None) -> tuple[str, list[Path], str, list[str], str]:
+    """(the table as text, the pictures, the parent run's id, the points' run ids, the experiment id)."""
     from mnist_pipeline.config import project_root
 
     client, _ = open_store(tracking_uri)
@@ -90,11 +92,16 @@ def compare(tracking_uri: str | None, experiment: str | None, sweep: str | None,
     points = read_sweep(client, parent)
     if not points.points:
         raise StoreError(f"the sweep {parent.info.run_name!r} has no runs")
+    if not any(r.info.status == "FINISHED" for r in points.points):
+        states = ", ".join(sorted({r["status"] for r in points.rows}))
+        raise StoreError(f"every point of the sweep {parent.info.run_name!r} failed ({len(points.points)} runs: "
+                         f"{states}): nothing to compare; see its job logs under the sweep folder")
     out_dir = Path(out) if out else project_root() / "outputs" / "compare" / parent.info.run_id
     pictures = plot(points.rows, points.swept, out_dir)
     for path in pictures:
         client.log_artifact(parent.info.run_id, str(path), "compare")
-    return points.text(), pictures, parent.info.run_id
+    return points.text(), pictures, parent.info.run_id, [r.info.run_id for r in points.points], \
+        parent.info.experiment_id
 
 
 def main(argv: list[str] | None = None, prog: str = "mnist compare") -> None:
@@ -102,16 +109,19 @@ def main(argv: list[str] | None = None, prog: str = "mnist compare") -> None:
     add_store_args(parser)
     parser.add_argument("--sweep", help="the sweep's parent run name (default: the newest sweep)")
     parser.add_argument("--out", help="folder for the pictures (default: outputs/compare/<parent run id>)")
+    parser.add_argument("--ui-url", default=UI_URL, help=f"the MLflow UI's address (default: {UI_URL}, make ui's)")
     parser.add_argument("--promote", action="store_true", help="register the sweep's best run's model and make it "
                         "the champion (as `mnist promote --sweep NAME`)")
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="with --promote: the registered model "
                         f"(default: {DEFAULT_MODEL_NAME})")
     args = parser.parse_args(argv)
     try:
-        text, pictures, parent_run_id = compare(args.tracking_uri, args.experiment, args.sweep, args.out)
+        text, pictures, parent_run_id, run_ids, experiment = compare(
+            args.tracking_uri, args.experiment, args.sweep, args.out)
         print(text)
         for path in pictures:
             print(f"wrote {path} (also logged to the sweep's parent run)")
+        print(f"compared in the MLflow UI (make ui): {compare_page(args.ui_url, experiment, run_ids)}")
         if args.promote:
             from mnist_pipeline.serving.promote import promote
 

@@ -2,7 +2,9 @@
 
 Which runs compete: `--run RUN_ID` (that run alone), `--sweep NAME` (that sweep's points), `--all`
 (every run of the experiment), or by default the newest sweep if there is one, else every run of
-the experiment. The best FINISHED run by val_full/acc that logged a model is registered as a new
+the experiment. For a sweep over seeds (`seed=0,1,2` with other swept keys), the config with the
+best mean val_full/acc is chosen first, then its best run. The best FINISHED run by val_full/acc
+that logged a model is registered as a new
 version of `--model-name` (default mnist-cnn), and the alias `champion` moves to that version
 (`predict`, `evaluate` and `make serve` use it). If that run's model is already a version, no new
 version is made: the alias moves to it.
@@ -54,11 +56,38 @@ def candidates(client, experiment: str | None, *, run_id=None, sweep=None, paren
         with contextlib.suppress(StoreError):
             parent = find_sweep(client, exp_id, None)
     where = f"sweep {parent.info.run_name!r}" if parent else f"experiment {experiment!r}"
+    if parent is not None:
+        over_seeds = _best_config_run(client, parent, where)
+        if over_seeds is not None:
+            return over_seeds
     best = registry.best_run(client, [exp_id], parent)
     if best is None:
         raise ModelError(f"no FINISHED run with {SELECTION} and a logged model in {where}")
     run, logged = best
     return run, registry.found_for(run, logged), where
+
+
+def _best_config_run(client, parent, where: str):
+    """A sweep over seeds: (the best run of the config with the best mean val_full/acc, its model,
+    where it was chosen from, in words), None for any other sweep. Only configs with a model count."""
+    from mnist_pipeline.tracking.sweep_table import config_rows, read_sweep
+
+    sweep = read_sweep(client, parent)
+    configs = config_rows(sweep.rows, sweep.swept)
+    by_name = {r.info.run_name: r for r in sweep.points}
+    for config in configs:
+        keys = [k for k in config if not k.startswith("_") and k != "n" and "(mean)" not in k]
+        members = [by_name[r["run"]] for r in sweep.rows if all(r[k] == config[k] for k in keys)]
+        members = sorted((r for r in members if r.info.status == "FINISHED" and SELECTION in r.data.metrics),
+                         key=lambda r: -r.data.metrics[SELECTION])
+        for run in members:
+            logged = registry.logged_model(client, run)
+            if logged is not None:
+                described = " ".join(f"{k}={config[k]}" for k in keys)
+                return run, registry.found_for(run, logged), (
+                    f"config {described} of {where} (best mean {SELECTION} {config[f'{SELECTION} (mean)']}, "
+                    f"n={config['n']}), its best seed")
+    return None
 
 
 def register(client, uri: str, name: str, found) -> tuple[str, bool, str | None]:

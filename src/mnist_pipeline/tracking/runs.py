@@ -20,7 +20,8 @@ from mnist_pipeline.tracking.store import StoreError, ensure_experiment, use_sto
 
 # Run-control keys: how a run is started or shown, not what it is. MLflow refuses a param whose
 # value changes within a run (a resumed run may change them), so these are never logged.
-RUN_CONTROL_KEYS = ("ckpt_path", "resume", "progress_every_n_steps", "sweep")
+RUN_CONTROL_KEYS = ("ckpt_path", "resume", "progress_every_n_steps", "sweep", "logger.system_metrics",
+                    "logger.system_metrics_interval")
 # How runs are ranked: the model selection metric of every run (the whole val split, end of run).
 SELECTION = "val_full/acc"
 # Set by the sweep callback for every job of a -m sweep: the parent run, the sweep's name, its keys.
@@ -122,7 +123,12 @@ def flat_params(cfg, extra: dict | None = None) -> dict[str, str]:
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     for key in RUN_CONTROL_KEYS:
-        plain.pop(key, None)
+        *parents, last = key.split(".")
+        node = plain
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
     params = {k: ("null" if v is None else str(v)) for k, v in walk(plain, "")}
     params.update({k: str(v) for k, v in (extra or {}).items()})
     return params
@@ -152,20 +158,22 @@ def sweep_tags(cfg) -> dict[str, str]:
 
 def start_run(cfg, *, processed_dir: Path, out_dir: Path, overrides: list[str],
               extra_params: dict | None = None, tags: dict[str, str] | None = None) -> str:
-    """Create the run with its tags (and `tags`) and params; returns its id."""
+    """Create the run with its tags (and `tags`), params and dataset inputs; returns its id."""
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
-    from mnist_pipeline.data.processed import processed_sha256
+    from mnist_pipeline.data.processed import processed_sha256, split_sha256s
+    from mnist_pipeline.tracking.datasets import dataset_inputs
 
     uri = use_store(cfg.logger.tracking_uri)
+    digests = split_sha256s(processed_dir)
     experiment_id = ensure_experiment(uri, cfg.logger.experiment_name)
     tags = {
         **(tags or {}),
         **git_state(project_root()),
         **process_tags(),
         "hydra_overrides": " ".join(overrides),
-        "data_sha256": processed_sha256(processed_dir),
+        "data_sha256": processed_sha256(processed_dir, digests),
         "output_dir": str(out_dir),
     }
     # The sweep's control of this point (conf/config.yaml `sweep:`), as tags of its own name.
@@ -183,6 +191,7 @@ def start_run(cfg, *, processed_dir: Path, out_dir: Path, overrides: list[str],
     params = [Param(k, v[:6000]) for k, v in flat_params(cfg, extra_params).items()]
     for i in range(0, len(params), 100):  # MLflow's limit per batch
         client.log_batch(run_id, params=params[i : i + 100])
+    client.log_inputs(run_id, datasets=dataset_inputs(processed_dir, digests))
     return run_id
 
 

@@ -56,6 +56,47 @@ def format_table(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
+SEED = "seed"
+
+
+def _mean_std(values: list[float]) -> str:
+    """`0.9712 ± 0.0021` (sample std), or the one value alone when n is 1."""
+    import statistics
+
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def config_rows(table: list[dict], swept: list[str]) -> list[dict]:
+    """For a sweep over `seed` (with another seed for some config): one row per config (every swept
+    key but seed) with n, and mean ± std of val_full/acc and test/acc over its complete runs (not
+    failed, not pruned), best mean first. [] for any other sweep."""
+    import statistics
+
+    if SEED not in swept:
+        return []
+    keys = [short_name(k) for k in swept if k != SEED]
+    groups: dict[tuple, list[dict]] = {}
+    for row in table:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    if all(len(rows) == 1 for rows in groups.values()):
+        return []
+
+    def complete(rows: list[dict], key: str) -> list[float]:
+        return [r[key] for r in rows if r["status"] == "FINISHED" and r[key] is not None and not math.isnan(r[key])]
+
+    configs = []
+    for values, rows in groups.items():
+        scores = complete(rows, SELECTION)
+        configs.append({**dict(zip(keys, values)), "n": len(scores), f"{SELECTION} (mean)": _mean_std(scores),
+                        "test/acc (mean)": _mean_std(complete(rows, "test/acc")),
+                        "_mean": statistics.fmean(scores) if scores else -math.inf})
+    return sorted(configs, key=lambda c: -c["_mean"])
+
+
 @dataclass
 class Sweep:
     """A sweep's parent run, its points' runs, the swept keys and the table rows, read once."""
@@ -65,12 +106,19 @@ class Sweep:
     rows: list[dict]
 
     def text(self) -> str:
-        """The table with a header line: what `mnist compare` prints, and a sweep when it ends."""
+        """The table with a header line (and, for a sweep over seeds, the configs' table): what
+        `mnist compare` prints, and a sweep when it ends."""
         name = self.parent.info.run_name
         if not self.points:
             return f"sweep {name!r}: no runs"
         header = f"sweep {name!r}: {len(self.points)} runs, best first by {SELECTION}"
-        return f"{header}\n{format_table(self.rows)}"
+        text = f"{header}\n{format_table(self.rows)}"
+        configs = config_rows(self.rows, self.swept)
+        if configs:
+            keys = ", ".join(short_name(k) for k in self.swept if k != SEED) or "none"
+            text += (f"\n\n{len(configs)} configs ({keys}) over seeds, best first by mean {SELECTION} "
+                     f"(mean ± std over the n complete runs)\n{format_table(configs)}")
+        return text
 
 
 def read_sweep(client, parent) -> Sweep:

@@ -30,12 +30,14 @@ def mlflow_run(cfg: DictConfig, processed_dir: Path, out_dir: Path, extra_params
     gets the tag `diverged_at_step`) or KILLED (SIGINT/SIGTERM), or left RUNNING for the requeued
     job (SIGUSR2 under SLURM). A run created by a DDP launcher (`launch.RUN_ID_ENV`) is only written
     to: the launcher ends it. A resumed run first sends what its folder kept from a lost server.
+    While the run is open, the machine's use is recorded into it (`tracking.system_metrics`).
     """
     from mnist_pipeline.model.module import DivergedError
     from mnist_pipeline.tracking import outcome, runs
     from mnist_pipeline.tracking.spool import TrackingLost
     from mnist_pipeline.tracking.store import use_store
     from mnist_pipeline.tracking.sync import sync
+    from mnist_pipeline.tracking.system_metrics import system_metrics
     from mnist_pipeline.training import launch, slurm
     from mnist_pipeline.training.stopping import RunKilled
 
@@ -53,7 +55,8 @@ def mlflow_run(cfg: DictConfig, processed_dir: Path, out_dir: Path, extra_params
                                                 overrides=hydra_overrides(), extra_params=extra_params, tags=tags)
     status = "FAILED"
     try:
-        yield run_id
+        with system_metrics(None if attached else run_id, cfg, uri, resumed=resumed is not None):
+            yield run_id
         status = "FINISHED"
     except slurm.RunRequeued as e:  # SIGUSR2 under SLURM: the requeued job continues this run
         status = None

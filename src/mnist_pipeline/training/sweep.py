@@ -4,7 +4,9 @@ when each job starts.
 A Hydra callback does the once-per-sweep work in the launching process, before any job starts and
 after they all ended: it checks every point's config (a bad key or value stops the sweep before
 anything runs), creates the store, the experiment and the parent run (parallel jobs must never
-race on creating them), and at the end tags the parent with the number of failed points.
+race on creating them), and at the end records on the parent what happened: the swept values (or
+Optuna's search space) as params, the best val_full/acc and the number of points, failed points
+and pruned points as metrics, the best point's run id as the tag `best_run_id`.
 Jobs find the parent through the environment, which joblib's worker processes inherit.
 """
 
@@ -90,6 +92,7 @@ class MLflowSweep(Callback):
             tags={"sweep": name.strip(), "swept_keys": ",".join(swept), "hydra_overrides": " ".join(task),
                   **git_state(project_root()), **process_tags()},
         )
+        _log_sweep_params(MlflowClient(uri), run.info.run_id, config, task)
         os.environ[PARENT_ENV] = run.info.run_id
         os.environ[SWEEP_ENV] = name.strip()
         os.environ["MLFLOW_TRACKING_URI"] = uri  # every job, in any worker process, uses this store
@@ -106,11 +109,48 @@ class MLflowSweep(Callback):
         client = MlflowClient()
         sweep = read_sweep(client, client.get_run(parent))
         failed = [r for r in sweep.points if r.info.status != "FINISHED"]
-        client.set_tag(parent, "failed_points", str(len(failed)))
-        client.set_tag(parent, "points", str(len(sweep.points)))
+        _log_sweep_outcome(client, parent, sweep.points, failed)
         client.set_terminated(parent, "FINISHED")
         print(f"\n{sweep.text()}", flush=True)  # what `mnist compare` prints first
         if failed:
             names = ", ".join(r.info.run_name for r in failed)
             print(f"{len(failed)} of {len(sweep.points)} sweep points failed: {names}", flush=True)
         print("pictures, and the sweep in the MLflow UI: mnist compare", flush=True)
+
+
+def _log_sweep_params(client, parent: str, config: DictConfig, task: list[str]) -> None:
+    """The parent run's params: each swept key with its values as given (`0.05,0.15,0.5`), or, for
+    an Optuna sweep, its search space (`tag(log, interval(0.01, 1.0))`)."""
+    from mlflow.entities import Param
+
+    space = config.hydra.sweeper.get("params") or {}
+    swept = {str(k): str(v) for k, v in space.items()}
+    for override in task:
+        key, _, values = override.partition("=")
+        if ("," in values or "(" in values) and not key.startswith("hydra."):
+            swept[key.lstrip("+~")] = values
+    if swept:
+        client.log_batch(parent, params=[Param(k, v[:6000]) for k, v in swept.items()])
+
+
+def _log_sweep_outcome(client, parent: str, points: list, failed: list) -> None:
+    """What the sweep's collapsed row shows: the best val_full/acc and the number of points, failed
+    points and pruned points as metrics (and tags, as before), the best point's run id as a tag."""
+    import math
+
+    from mlflow.entities import Metric, RunTag
+
+    from mnist_pipeline.tracking.runs import SELECTION
+
+    scored = [r for r in points
+              if r.info.status == "FINISHED" and not math.isnan(r.data.metrics.get(SELECTION, math.nan))]
+    best = max(scored, key=lambda r: r.data.metrics[SELECTION], default=None)
+    counts = {"points": len(points), "failed_points": len(failed),
+              "pruned_points": sum("pruned_at_step" in r.data.tags for r in points)}
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"sweep/{k}", float(v), now, 0) for k, v in counts.items()]
+    tags = [RunTag(k, str(v)) for k, v in counts.items() if k != "pruned_points"]
+    if best is not None:
+        metrics.append(Metric(SELECTION, best.data.metrics[SELECTION], now, 0))
+        tags.append(RunTag("best_run_id", best.info.run_id))
+    client.log_batch(parent, metrics=metrics, tags=tags)
