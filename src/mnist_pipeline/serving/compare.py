@@ -92,7 +92,7 @@ def compare(tracking_uri: str | None, experiment: str | None, sweep: str | None,
     points = read_sweep(client, parent)
     if not points.points:
         raise StoreError(f"the sweep {parent.info.run_name!r} has no runs")
-    if not any(r.info.status == "FINISHED" for r in points.points):
+    if all(r.info.status in ("FAILED", "KILLED") for r in points.points):  # every point over, none with a result
         states = ", ".join(sorted({r["status"] for r in points.rows}))
         raise StoreError(f"every point of the sweep {parent.info.run_name!r} failed ({len(points.points)} runs: "
                          f"{states}): nothing to compare; see its job logs under the sweep folder")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,8 +192,25 @@ def start_run(cfg, *, processed_dir: Path, out_dir: Path, overrides: list[str],
     params = [Param(k, v[:6000]) for k, v in flat_params(cfg, extra_params).items()]
     for i in range(0, len(params), 100):  # MLflow's limit per batch
         client.log_batch(run_id, params=params[i : i + 100])
-    client.log_inputs(run_id, datasets=dataset_inputs(processed_dir, digests))
+    log_dataset_inputs(client, run_id, dataset_inputs(processed_dir, digests))
     return run_id
+
+
+def log_dataset_inputs(client, run_id: str, inputs: list, attempts: int = 5) -> None:
+    """Link the run to its dataset inputs. Runs started at once on the same data race to create the
+    same dataset rows, and MLflow's store answers the loser with a unique-constraint error (SQLite
+    and PostgreSQL alike): tried again, it finds the rows and only links them."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as e:
+            text = str(e).lower()
+            if attempt == attempts - 1 or not ("unique" in text or "integrity" in text or "duplicate" in text):
+                raise
+            time.sleep(0.1 * (attempt + 1))
 
 
 def reopen_run(run_id: str, step: int, tags: dict[str, str] | None = None) -> None:
