@@ -18,18 +18,25 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run
                   "--window-size=1400,900"]
 
 
+def _open(chromium: str, url: str, tmp_path, name: str, copy_to_env: str):
+    """(the page's DOM once its scripts ran, a screenshot of it), in headless Chromium; the
+    screenshot is also copied where $`copy_to_env` says, if set."""
+    common = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    shot = tmp_path / name
+    subprocess.run([*common, f"--screenshot={shot}", url], capture_output=True, timeout=120)
+    if os.environ.get(copy_to_env):
+        shutil.copy(shot, os.environ[copy_to_env])
+    return dom, shot
+
+
 def test_the_runs_table_lists_the_runs(tiny_run, tmp_path):
     chromium = shutil.which("chromium")
     assert chromium, "make test-ui installs Debian's chromium"
     proc, base = start_ui(tiny_run.store)
     try:
         url = f"{base}/#/experiments/{tiny_run.run.info.experiment_id}/runs"
-        common = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
-        dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
-        shot = tmp_path / "runs.png"
-        subprocess.run([*common, f"--screenshot={shot}", url], capture_output=True, timeout=120)
-        if os.environ.get("UI_SCREENSHOT"):
-            shutil.copy(shot, os.environ["UI_SCREENSHOT"])
+        dom, shot = _open(chromium, url, tmp_path, "runs.png", "UI_SCREENSHOT")
     finally:
         stop_ui(proc)
     assert tiny_run.run.info.run_name in dom
@@ -56,12 +63,7 @@ def test_the_compare_page_that_compare_prints_shows_every_point_and_the_swept_pa
         compared = mnist("compare", "--tracking-uri", uri, "--out", str(tmp_path / "c"), "--ui-url", base)
         assert compared.returncode == 0, compared.stderr[-3000:]
         url = compared.stdout.strip().splitlines()[-1].split(": ", 1)[1]
-        common = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
-        dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
-        shot = tmp_path / "compare.png"
-        subprocess.run([*common, f"--screenshot={shot}", url], capture_output=True, timeout=120)
-        if os.environ.get("UI_COMPARE_SCREENSHOT"):
-            shutil.copy(shot, os.environ["UI_COMPARE_SCREENSHOT"])
+        dom, shot = _open(chromium, url, tmp_path, "compare.png", "UI_COMPARE_SCREENSHOT")
     finally:
         stop_ui(proc)
     names = [line.split()[0:4] for line in compared.stdout.splitlines() if line.startswith("tfjs_cnn lr=")]
