@@ -70,20 +70,20 @@ def candidates(client, experiment: str | None, *, run_id=None, sweep=None, paren
 def _best_config_run(client, parent, where: str):
     """A sweep over seeds: (the best run of the config with the best mean val_full/acc, its model,
     where it was chosen from, in words), None for any other sweep. Only configs with a model count."""
-    from mnist_pipeline.tracking.sweep_table import config_rows, read_sweep
+    from mnist_pipeline.tracking.sweep_table import SEED, config_rows, read_sweep
 
+    if SEED not in parent.data.tags.get("swept_keys", "").split(","):
+        return None  # not a sweep over seeds: no need to read its points' curves
     sweep = read_sweep(client, parent)
-    configs = config_rows(sweep.rows, sweep.swept)
     by_name = {r.info.run_name: r for r in sweep.points}
-    for config in configs:
-        keys = [k for k in config if not k.startswith("_") and k != "n" and "(mean)" not in k]
-        members = [by_name[r["run"]] for r in sweep.rows if all(r[k] == config[k] for k in keys)]
-        members = sorted((r for r in members if r.info.status == "FINISHED" and SELECTION in r.data.metrics),
+    for config in config_rows(sweep.rows, sweep.swept):
+        members = sorted((by_name[name] for name in config["_runs"]
+                          if by_name[name].info.status == "FINISHED" and SELECTION in by_name[name].data.metrics),
                          key=lambda r: -r.data.metrics[SELECTION])
         for run in members:
             logged = registry.logged_model(client, run)
             if logged is not None:
-                described = " ".join(f"{k}={config[k]}" for k in keys)
+                described = " ".join(f"{k}={v}" for k, v in config["_config"].items())
                 return run, registry.found_for(run, logged), (
                     f"config {described} of {where} (best mean {SELECTION} {config[f'{SELECTION} (mean)']}, "
                     f"n={config['n']}), its best seed")

@@ -93,7 +93,8 @@ def config_rows(table: list[dict], swept: list[str]) -> list[dict]:
         scores = complete(rows, SELECTION)
         configs.append({**dict(zip(keys, values)), "n": len(scores), f"{SELECTION} (mean)": _mean_std(scores),
                         "test/acc (mean)": _mean_std(complete(rows, "test/acc")),
-                        "_mean": statistics.fmean(scores) if scores else -math.inf})
+                        "_mean": statistics.fmean(scores) if scores else -math.inf,
+                        "_runs": [r.get("run") for r in rows], "_config": dict(zip(keys, values))})
     return sorted(configs, key=lambda c: -c["_mean"])
 
 
